@@ -1,0 +1,32 @@
+"""Flax modules of LaMa and their constructors from config."""
+
+from lama_jax.models.discriminator import NLayerDiscriminator
+from lama_jax.models.ffc import FFC, FFCBnAct, FFCResNetGenerator, FFCResnetBlock, FourierUnit, SpectralTransform
+from lama_jax.models.layers import BatchNorm, Conv2d, ConvTranspose2d
+from lama_jax.models.resnet import ResNet50Dilated
+
+import jax.numpy as jnp
+
+
+def _dtype(name):
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def build_generator(cfg, *, bn_groups: int = 1, dtype: str = "float32") -> FFCResNetGenerator:
+    """`cfg`: a mapping with ngf, n_downsampling, n_blocks, ratio, enable_lfu (config.model.generator)."""
+    return FFCResNetGenerator(
+        ngf=cfg["ngf"], n_downsampling=cfg["n_downsampling"], n_blocks=cfg["n_blocks"],
+        ratio=cfg["ratio"], enable_lfu=cfg["enable_lfu"], bn_groups=bn_groups, dtype=_dtype(dtype),
+    )
+
+
+def build_discriminator(cfg, *, bn_groups: int = 1, dtype: str = "float32") -> NLayerDiscriminator:
+    """`cfg`: a mapping with ndf and n_layers (config.model.discriminator)."""
+    return NLayerDiscriminator(ndf=cfg["ndf"], n_layers=cfg["n_layers"], bn_groups=bn_groups, dtype=_dtype(dtype))
+
+
+__all__ = [
+    "BatchNorm", "Conv2d", "ConvTranspose2d", "FFC", "FFCBnAct", "FFCResNetGenerator", "FFCResnetBlock",
+    "FourierUnit", "NLayerDiscriminator", "ResNet50Dilated", "SpectralTransform",
+    "build_discriminator", "build_generator",
+]

@@ -1,0 +1,173 @@
+"""Convolution and BatchNorm layers with PyTorch's exact semantics, in NHWC.
+
+Flax's built-in layers differ from PyTorch in ways that break parity with LaMa:
+`nn.Conv` only zero-pads, `nn.ConvTranspose` with "SAME" padding is shifted
+relative to PyTorch's (k=3, s=2, p=1, output_padding=1), and `nn.BatchNorm`
+updates its running variance with the biased batch variance. These layers fix
+all three while keeping parameters in a plain `{"params", "batch_stats"}` tree.
+
+Kernels are stored HWIO (`(kh, kw, in, out)`). Computation runs in `dtype`
+(float32 or bfloat16); parameters and BatchNorm statistics stay float32.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# PyTorch's default init for conv weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+# i.e. kaiming_uniform(a=sqrt(5)).
+torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _torch_bias_init(fan_in: int):
+    bound = 1.0 / fan_in**0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Conv2d(nn.Module):
+    """2-D convolution with PyTorch padding modes ("zeros" or "reflect").
+
+    Reflect padding mirrors without repeating the edge sample (PyTorch/NumPy
+    "reflect"), which every generator conv of LaMa uses.
+    """
+
+    features: int
+    kernel_size: int
+    strides: int = 1
+    padding: int = 0
+    dilation: int = 1
+    padding_mode: str = "zeros"
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_features = x.shape[-1]
+        k = self.kernel_size
+        kernel = self.param("kernel", torch_default_init, (k, k, in_features, self.features), jnp.float32)
+        p = self.padding
+        if p and self.padding_mode == "reflect":
+            x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+            conv_padding = ((0, 0), (0, 0))
+        elif self.padding_mode in ("zeros", "reflect"):
+            conv_padding = ((p, p), (p, p))
+        else:
+            raise ValueError(f"Conv2d: unknown padding_mode {self.padding_mode!r}")
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            window_strides=(self.strides, self.strides),
+            padding=conv_padding,
+            rhs_dilation=(self.dilation, self.dilation),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        if self.use_bias:
+            bias = self.param("bias", _torch_bias_init(in_features * k * k), (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class ConvTranspose2d(nn.Module):
+    """PyTorch ConvTranspose2d(k=3, stride=2, padding=1, output_padding=1): doubles H and W.
+
+    Computed as a regular convolution over the input dilated by 2, padded
+    (1 before, 2 after). The kernel is stored as that regular conv's HWIO
+    kernel, i.e. the PyTorch weight spatially flipped (the converter does it).
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_features = x.shape[-1]
+        # PyTorch computes the transposed conv's fan_in from weight dim 1 (= out * k * k).
+        fan_in = self.features * 9
+        init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
+        kernel = self.param("kernel", init, (3, 3, in_features, self.features), jnp.float32)
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            window_strides=(1, 1),
+            padding=((1, 2), (1, 2)),
+            lhs_dilation=(2, 2),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        if self.use_bias:
+            bias = self.param("bias", _torch_bias_init(fan_in), (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm2d with PyTorch's conventions (eps 1e-5, momentum 0.1).
+
+    Training normalises with the biased batch variance but updates
+    `running_var` with the unbiased one (x N/(N-1)), exactly as PyTorch does.
+
+    `groups` splits the batch into that many contiguous slices with their own
+    statistics: with the batch sharded over G devices this reproduces
+    PyTorch DDP without SyncBatchNorm (per-GPU statistics). The running
+    statistics then move by the mean of the per-slice updates. `groups=1`
+    is one statistic over the whole (global) batch.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    groups: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+
+        if not train:
+            inv = scale * jax.lax.rsqrt(running_var.value + self.epsilon)
+            shift = bias - running_mean.value * inv
+            return x * inv.astype(self.dtype) + shift.astype(self.dtype)
+
+        batch = x.shape[0]
+        if batch % self.groups:
+            raise ValueError(f"BatchNorm: batch {batch} is not divisible into {self.groups} statistic groups")
+        grouped = x.astype(jnp.float32).reshape(self.groups, batch // self.groups, *x.shape[1:])
+        reduce_axes = tuple(range(1, grouped.ndim - 1))
+        mean = grouped.mean(axis=reduce_axes, keepdims=True)
+        var = jnp.square(grouped - mean).mean(axis=reduce_axes, keepdims=True)
+        inv = jax.lax.rsqrt(var + self.epsilon) * scale
+        y = ((grouped - mean) * inv + bias).reshape(x.shape)
+
+        if not self.is_initializing():
+            count = grouped[0].size // features
+            batch_mean = mean.reshape(self.groups, features).mean(axis=0)
+            unbiased_var = var.reshape(self.groups, features).mean(axis=0) * (count / max(count - 1, 1))
+            m = self.momentum
+            running_mean.value = (1 - m) * running_mean.value + m * batch_mean
+            running_var.value = (1 - m) * running_var.value + m * unbiased_var
+        return y.astype(self.dtype)
+
+
+def leaky_relu(x: jax.Array) -> jax.Array:
+    return jax.nn.leaky_relu(x, negative_slope=0.2)
+
+
+def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
+    return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+
+
+def split_channels(channels: int, ratio: float) -> Sequence[int]:
+    """LaMa's local/global split: global = floor(C * ratio), local = the rest."""
+    global_channels = int(channels * ratio)
+    return channels - global_channels, global_channels

@@ -1,0 +1,24 @@
+"""Test-session setup shared by every test module.
+
+Eight fake CPU devices let the sharding tests run anywhere; the flag must be
+set before JAX initialises, hence here at import time.
+"""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib
+
+import pytest
+from absl import flags
+
+# Grain's multiprocessing reads absl flags; outside absl.app.run they are unparsed.
+flags.FLAGS.mark_as_parsed()
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> pathlib.Path:
+    return FIXTURES
