@@ -205,3 +205,78 @@ def convert_resnet50_dilated(state_dict, *, source="state dict"):
 
     shapes = abstract_variables(ResNet50Dilated(), (1, 64, 64, 3))
     return torch_to_flax(state_dict, shapes, resnet_key, name="resnet_pl", source=source)
+
+
+# --- command line -----------------------------------------------------------------------------
+
+LIGHTNING_PREFIXES = {
+    "generator": "generator.",
+    "discriminator": "discriminator.",
+    "resnet_pl": "loss_resnet_pl.impl.",
+}
+
+
+def convert_checkpoint(path, model_config, network: str = "auto"):
+    """Reads a PyTorch `.ckpt`/`.pth` file and returns {network: variables} for every network found.
+
+    `network="auto"` takes `generator.*` (+ `discriminator.*`, `loss_resnet_pl.impl.*`) from a
+    Lightning checkpoint, or treats an unprefixed state dict as a bare generator (`model.*` keys)
+    or ADE20k encoder (`conv1.weight`, `layer1.*`). Other keys of a Lightning checkpoint (evaluator
+    buffers, `val_evaluator.*`) are ignored, as the reference's strict=False load does.
+    """
+    from lama_jax.torch_pickle import load_state_dict
+
+    state = load_state_dict(path)
+    source = str(path)
+    converters = {
+        "generator": lambda sd: convert_generator(sd, model_config["generator"], source=source),
+        "discriminator": lambda sd: convert_discriminator(sd, model_config["discriminator"], source=source),
+        "resnet_pl": lambda sd: convert_resnet50_dilated(sd, source=source),
+    }
+    prefixed = {name: strip_prefix(state, prefix) for name, prefix in LIGHTNING_PREFIXES.items()}
+    if any(prefixed.values()):
+        wanted = [n for n in LIGHTNING_PREFIXES if prefixed[n]] if network == "auto" else [network]
+        for name in wanted:
+            if not prefixed[name]:
+                raise ConversionError(f"{path}: no '{LIGHTNING_PREFIXES[name]}*' keys for the {name}")
+        return {name: converters[name](prefixed[name]) for name in wanted}
+    if network == "auto":
+        if any(k.startswith("model.") for k in state):
+            network = "generator"
+        elif "conv1.weight" in state and any(k.startswith("layer1.") for k in state):
+            network = "resnet_pl"
+        elif "model0.0.weight" in state:
+            network = "discriminator"
+        else:
+            sample = ", ".join(sorted(state)[:5])
+            raise ConversionError(f"{path}: cannot tell which network these keys belong to (first keys: {sample})")
+    return {network: converters[network](state)}
+
+
+def main(argv=None):
+    import argparse
+
+    from lama_jax import checkpoint
+    from lama_jax.config_loader import load_config
+    from lama_jax.torch_pickle import CheckpointFormatError, UnsafeCheckpointError
+
+    parser = argparse.ArgumentParser(prog="python -m lama_jax.convert", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/big_lama.py", help="config whose `model` section fits the weights")
+    parser.add_argument("--torch-checkpoint", required=True, help="PyTorch .ckpt (Lightning) or .pth file")
+    parser.add_argument("--output", required=True, help="directory for the model checkpoint")
+    parser.add_argument("--network", default="auto", choices=["auto", *LIGHTNING_PREFIXES])
+    args = parser.parse_args(argv)
+
+    model_config = load_config(args.config).model.to_dict()
+    try:
+        networks = convert_checkpoint(args.torch_checkpoint, model_config, args.network)
+        output = checkpoint.save_model(args.output, networks, model_config, source=args.torch_checkpoint)
+    except (ConversionError, checkpoint.CheckpointError, CheckpointFormatError, UnsafeCheckpointError, OSError) as e:
+        raise SystemExit(f"error: {e}") from None
+    for name, variables in networks.items():
+        print(f"{name}: {checkpoint.parameter_count(variables):,} parameters")
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -286,3 +286,14 @@ def test_generator_parameter_counts(config_name, expected):
 def test_discriminator_and_resnet_parameter_counts():
     assert count_params(NLayerDiscriminator(ndf=64, n_layers=4), (1, 64, 64, 3)) == 6_962_369
     assert count_params(ResNet50Dilated(), (1, 64, 64, 3)) == 23_631_808
+
+
+def test_generator_front_then_rear_equals_full(fixtures_dir):
+    f, _, generator, variables = generator_fixture(fixtures_dir, "generator_ffc_small")
+    x = nhwc(f["input/x"])
+    streams = generator.apply(variables, x, train=False, stage="front")
+    assert [s.shape for s in streams] == [(2, 8, 8, 32), (2, 8, 8, 96)]
+    np.testing.assert_allclose(
+        generator.apply(variables, streams, train=False, stage="rear"),
+        generator.apply(variables, x, train=False), atol=1e-6,
+    )

@@ -209,16 +209,25 @@ class FFCResNetGenerator(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x, train: bool, *, stage: str = "full"):
+        """`stage`: "full" (image -> image), "front" (image -> bottleneck streams (x_l, x_g)) or
+        "rear" (bottleneck streams -> image); refinement optimises the bottleneck between the two."""
+        if stage not in ("full", "front", "rear"):
+            raise ValueError(f"FFCResNetGenerator: unknown stage {stage!r}")
         common = dict(bn_groups=self.bn_groups, dtype=self.dtype)
-        streams = FFCBnAct(self.ngf, 0.0, 0.0, 7, name="init", **common)((reflect_pad(x, 3), None), train)
-        for i in range(self.n_downsampling):
-            features = min(self.max_features, self.ngf * 2 ** (i + 1))
-            # The last downsampling layer gives birth to the global stream.
-            ratio_gout = self.ratio if i == self.n_downsampling - 1 else 0.0
-            streams = FFCBnAct(
-                features, 0.0, ratio_gout, 3, strides=2, padding=1, name=f"down_{i}", **common
-            )(streams, train)
+        if stage == "rear":
+            streams = x
+        else:
+            streams = FFCBnAct(self.ngf, 0.0, 0.0, 7, name="init", **common)((reflect_pad(x, 3), None), train)
+            for i in range(self.n_downsampling):
+                features = min(self.max_features, self.ngf * 2 ** (i + 1))
+                # The last downsampling layer gives birth to the global stream.
+                ratio_gout = self.ratio if i == self.n_downsampling - 1 else 0.0
+                streams = FFCBnAct(
+                    features, 0.0, ratio_gout, 3, strides=2, padding=1, name=f"down_{i}", **common
+                )(streams, train)
+            if stage == "front":
+                return streams
 
         bottleneck = min(self.max_features, self.ngf * 2**self.n_downsampling)
         block = FFCResnetBlock(bottleneck, self.ratio, self.enable_lfu, name="blocks", **common)

@@ -1,0 +1,80 @@
+"""Inpainting with a trained or converted generator, at any image size.
+
+    inpainter = Inpainter.from_checkpoint("checkpoints/big_lama")
+    result = inpainter(image, mask)   # image (N,H,W,3) in [0,1], mask (N,H,W,1), 1 = hole
+
+As LaMa's predict: the mask is binarised (> 0 is a hole), image and mask are
+padded at the bottom/right to a multiple of 8 with NumPy "symmetric" padding,
+the generator runs in eval mode, the prediction is blended into the known
+pixels and cropped back. The jitted forward is compiled once per padded shape.
+"""
+
+import pathlib
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lama_jax import checkpoint
+from lama_jax.models import build_generator
+
+PAD_MODULO = 8
+
+
+def pad_to_modulo(array: np.ndarray, modulo: int = PAD_MODULO) -> np.ndarray:
+    """Pads (N,H,W,C) at the bottom and right up to multiples of `modulo`, mirroring the edge pixel."""
+    height, width = array.shape[1:3]
+    pad_h, pad_w = -height % modulo, -width % modulo
+    if not (pad_h or pad_w):
+        return array
+    return np.pad(array, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+
+
+def model_input(image: jax.Array, mask: jax.Array) -> jax.Array:
+    """The generator's 4-channel input: the image with holes zeroed, then the mask."""
+    return jnp.concatenate([image * (1.0 - mask), mask], axis=-1)
+
+
+def blend(prediction: jax.Array, image: jax.Array, mask: jax.Array) -> jax.Array:
+    return mask * prediction + (1.0 - mask) * image
+
+
+class Inpainter:
+    """A generator in eval mode with LaMa's pre- and post-processing."""
+
+    def __init__(self, generator_config: Dict[str, Any], variables: Dict[str, Any], dtype: str = "float32"):
+        self.generator_config = dict(generator_config)
+        self.generator = build_generator(self.generator_config, dtype=dtype)
+        self.variables = jax.device_put(variables)
+        self._forward = jax.jit(self._inpaint_padded)
+
+    @classmethod
+    def from_checkpoint(cls, directory, dtype: str = "float32") -> "Inpainter":
+        """Loads the generator of a model checkpoint (`lama_jax.convert` / `lama_jax.export` output)."""
+        model = checkpoint.load_model(pathlib.Path(directory), networks=["generator"])
+        return cls(model.model_config["generator"], model.variables["generator"], dtype=dtype)
+
+    def _inpaint_padded(self, variables, image, mask):
+        prediction = self.generator.apply(variables, model_input(image, mask), train=False)
+        return blend(prediction, image, mask)
+
+    def __call__(self, image, mask) -> np.ndarray:
+        image = np.asarray(image, dtype=np.float32)
+        mask = np.asarray(mask, dtype=np.float32)
+        if image.ndim != 4 or image.shape[-1] != 3:
+            raise ValueError(f"Inpainter: image must be (N, H, W, 3) float in [0, 1], got shape {image.shape}")
+        if mask.ndim != 4 or mask.shape[-1] != 1 or mask.shape[:3] != image.shape[:3]:
+            raise ValueError(
+                f"Inpainter: mask must be (N, H, W, 1) matching image {image.shape[:3]}, got shape {mask.shape}"
+            )
+        height, width = image.shape[1:3]
+        if min(height, width) < 16:
+            raise ValueError(f"Inpainter: images must be at least 16x16 (the bottleneck is 1/8), got {height}x{width}")
+        mask = (mask > 0).astype(np.float32)
+        result = self._forward(self.variables, pad_to_modulo(image), pad_to_modulo(mask))
+        return np.asarray(result)[:, :height, :width]
+
+    def compiled_shapes(self) -> int:
+        """How many padded input shapes the forward has been compiled for."""
+        return self._forward._cache_size()
