@@ -60,12 +60,10 @@ class Sample:
     prediction: str
 
 
-def find_samples(data_dir: str, predictions_dir: str) -> list[Sample]:
-    """Pairs each mask with its image and prediction; raises if any file is missing."""
+def list_samples(data_dir: str, predictions_dir: str) -> list[Sample]:
+    """Every `*mask*.png` under data_dir (recursive, sorted) with its image and prediction paths, unchecked."""
     if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"--data {data_dir!r} is not a directory")
-    if not os.path.isdir(predictions_dir):
-        raise FileNotFoundError(f"--predictions {predictions_dir!r} is not a directory")
+        raise FileNotFoundError(f"{data_dir!r} is not a directory")
     masks = []
     for root, dirs, files in os.walk(data_dir):
         # Like LaMa's recursive glob, hidden folders and files are not searched.
@@ -87,6 +85,16 @@ def find_samples(data_dir: str, predictions_dir: str) -> list[Sample]:
                 prediction=os.path.join(predictions_dir, os.path.splitext(relative)[0] + PREDICTION_SUFFIX),
             )
         )
+    return samples
+
+
+def find_samples(data_dir: str, predictions_dir: str) -> list[Sample]:
+    """Pairs each mask with its image and prediction; raises if any file is missing."""
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--data {data_dir!r} is not a directory")
+    if not os.path.isdir(predictions_dir):
+        raise FileNotFoundError(f"--predictions {predictions_dir!r} is not a directory")
+    samples = list_samples(data_dir, predictions_dir)
     for kind in ("image", "prediction"):
         missing = [getattr(s, kind) for s in samples if not os.path.isfile(getattr(s, kind))]
         if missing:
@@ -95,7 +103,8 @@ def find_samples(data_dir: str, predictions_dir: str) -> list[Sample]:
     return samples
 
 
-def _read(path: str, mode: str) -> np.ndarray:
+def read_image(path: str, mode: str) -> np.ndarray:
+    """Any image file PIL reads as float32 in [0, 1]: (H, W, 3) for mode "RGB", (H, W) for "L"."""
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert(mode), dtype=np.float32) / 255.0
@@ -105,9 +114,9 @@ def _read(path: str, mode: str) -> np.ndarray:
 
 def load_sample(sample: Sample) -> dict[str, np.ndarray]:
     """{"image", "inpainted"}: (H, W, 3) and "mask": (H, W, 1), float32 in [0, 1]."""
-    image = _read(sample.image, "RGB")
-    mask = _read(sample.mask, "L")[..., None]
-    inpainted = _read(sample.prediction, "RGB")
+    image = read_image(sample.image, "RGB")
+    mask = read_image(sample.mask, "L")[..., None]
+    inpainted = read_image(sample.prediction, "RGB")
     if mask.shape[:2] != image.shape[:2]:
         raise ValueError(f"mask {sample.mask!r} is {mask.shape[:2]} but image {sample.image!r} is {image.shape[:2]}")
     if inpainted.shape != image.shape:
