@@ -1,10 +1,51 @@
 """Settings shared by every LaMa experiment config: the reference's losses, optimisers and data.
 
 Each experiment file (big_lama.py, lama_fourier.py, tiny.py) starts from
-`lama_config()` and changes only what differs, so a reader sees every key here.
+`lama_config()` and changes only what differs, so every key is defined here,
+once. `python -m lama_jax.train` locks the config: a `--config.key=value`
+override must name a key that exists here.
+
+Batch semantics: `batch_size` is the *global* batch, split evenly over every
+device of every host. The reference trains with 10 images per GPU under DDP
+(each GPU shuffles the whole data set, BatchNorm statistics per GPU); with
+`train.batch_norm = "per_device"` one device here plays one of its GPUs, so
+8 devices with batch_size 80 reproduce an 8-GPU reference run.
 """
 
 import ml_collections
+from ml_collections import config_dict
+
+# The reference's per-GPU batch (big-lama.yaml `data.batch_size`).
+REFERENCE_BATCH_PER_DEVICE = 10
+
+
+def data_config() -> ml_collections.ConfigDict:
+    """The data section; the fields of `lama_jax.data.pipeline.default_data_config()`, spelled out."""
+    return ml_collections.ConfigDict(dict(
+        # "samples" (built-in photos) | "folder" (train_dir) | "tfds" | "synthetic" (no files).
+        source="samples",
+        train_dir=config_dict.placeholder(str),
+        segm_dir=config_dict.placeholder(str),  # label PNGs mirroring train_dir, for segmentation masks
+        tfds_name="places365_small",
+        tfds_split="train",
+        tfds_data_dir=config_dict.placeholder(str),
+        synthetic_records=64,
+        # Reference §7.2: LaMa's "distortions" augmentations, then a crop_size crop.
+        transform="distortions",
+        crop_size=256,
+        # Reference §7.3: irregular strokes and boxes, each with probability 1/2.
+        mask="train_mixed",
+        mask_overrides={},  # keyword overrides for lama_jax.data.masks.get(mask, ...)
+        # Grain worker processes (0 = decode in the training process). The data iterator's
+        # checkpointed state is tied to this number: keep it when resuming a run.
+        num_workers=0,
+        read_threads=2,  # threads per process running the per-record transform
+        max_bad_in_a_row=64,  # unreadable files in a row before the run stops
+        eval_dir=config_dict.placeholder(str),  # LaMa evaluation folder; None = built-in samples
+        eval_size=256,
+        eval_mask="thick_256",  # preset of the built-in samples' frozen masks
+        eval_seed=0,
+    ))
 
 
 def lama_config() -> ml_collections.ConfigDict:
@@ -29,9 +70,10 @@ def lama_config() -> ml_collections.ConfigDict:
         # "batch": encoder BN on batch statistics, what the reference does while training (trap 7).
         # "running": frozen eval-mode statistics.
         resnet_pl_bn="batch",
-        # Converted ADE20k encoder_epoch_20.pth (python -m lama_jax.convert --network resnet_pl).
-        # None uses random weights: only for smoke tests, the loss is then meaningless.
-        resnet_pl_weights=ml_collections.config_dict.placeholder(str),
+        # A model checkpoint holding the ADE20k encoder, converted from encoder_epoch_20.pth with
+        # `python -m lama_jax.convert --network resnet_pl`. Needed when resnet_pl_weight > 0;
+        # "random" uses random weights, which only suits speed measurements (the loss is meaningless).
+        resnet_pl_weights="checkpoints/ade20k_resnet50dilated",
     ))
 
     # Reference §6: Adam with PyTorch defaults, per-optimizer global-norm clipping at 1.
@@ -54,11 +96,31 @@ def lama_config() -> ml_collections.ConfigDict:
         compute_dtype="float32",  # or "bfloat16": params, FFT, BN statistics and losses stay float32
     ))
 
-    config.batch_size = 10  # global batch; the reference uses 10 per GPU
+    config.data = data_config()
+    config.batch_size = REFERENCE_BATCH_PER_DEVICE  # global; see the module docstring
+
+    # Schedule (reference §6: 40 epochs of 25,000 batches, validation at every epoch end,
+    # logging every 250 steps). Tooling relies on these key names.
     config.total_steps = 1_000_000
     config.log_every_steps = 250
     config.checkpoint_every_steps = 5000
     config.eval_every_steps = 25_000
-    config.keep_checkpoints = 3
-    config.init_from = ml_collections.config_dict.placeholder(str)
+    config.keep_checkpoints = 3  # newest training checkpoints kept; the best one is kept apart
+    # A model checkpoint (`lama_jax.convert` / `lama_jax.export` output) whose networks
+    # replace the random initialisation; ignored when the workdir already holds a checkpoint.
+    config.init_from = config_dict.placeholder(str)
+
+    config.eval = ml_collections.ConfigDict(dict(
+        batch_size=8,  # global; LaMa's eval2 configs use 8
+        # Any of ssim, psnr, l1, lpips, fid; lpips and fid need the weights files below.
+        metrics=("ssim", "psnr", "l1"),
+        # The reference keeps its best checkpoint by ssim_fid100_f1 (needs fid); any total
+        # metric of the report works, e.g. "ssim" or "lpips" (with best_mode "min").
+        best_metric="ssim",
+        best_mode="max",
+        lpips_weights=config_dict.placeholder(str),
+        vgg_weights=config_dict.placeholder(str),
+        inception_weights=config_dict.placeholder(str),
+        num_image_grids=4,  # evaluation examples drawn to TensorBoard
+    ))
     return config
