@@ -116,6 +116,7 @@ def finished_checkpoint(workdir, step):
         (workdir / "checkpoints" / str(step) / "_CHECKPOINT_METADATA").is_file()
 
 
+@pytest.mark.slow
 def test_smoke_run_on_eight_devices_writes_checkpoints_metrics_and_exports(tmp_path, cli_env):
     run_cli(tmp_path, cli_env, total_steps=3, checkpoint_every_steps=2, eval_every_steps=3)
 
@@ -150,6 +151,7 @@ def test_smoke_run_on_eight_devices_writes_checkpoints_metrics_and_exports(tmp_p
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path, cli_env):
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
     run_cli(uninterrupted, cli_env, total_steps=20)

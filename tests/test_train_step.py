@@ -206,6 +206,7 @@ def bn_cancelled(path: str) -> bool:
         "['up_bn_" in path and path.endswith("['mean']"))
 
 
+@pytest.mark.slow
 def test_sharded_global_bn_step_equals_single_device_step(tiny_state):
     batch = tiny_batch()
     single_state, single_metrics = run_step(1, tiny_state, batch, batch_norm="global")
@@ -268,6 +269,7 @@ def test_reference_mode_trains_discriminator_on_the_updated_generator(tiny_state
                  after["generator"]["batch_stats"], host(g_stats))
 
 
+@pytest.mark.slow
 def test_bfloat16_step_runs_finite_and_close_to_float32(tiny_state, record_property):
     batch = tiny_batch()
     _, fp32 = run_step(1, tiny_state, batch, batch_norm="global")

@@ -207,7 +207,6 @@ class FFCResNetGenerator(nn.Module):
     output_channels: int = 3
     bn_groups: int = 1
     dtype: Dtype = jnp.float32
-    scan_unroll: int = 1
 
     @nn.compact
     def __call__(self, x, train: bool, *, stage: str = "full"):
