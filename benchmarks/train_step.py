@@ -9,6 +9,9 @@ after one warm-up step):
 * step_s, step_s_batch4: seconds per iteration at batch 1 and 4 on the default
   backend, reference step order (G re-run for the D step);
 * step_s_fused: batch 1 with `train.step_mode = "fused"` (one G forward less);
+* step_cpu_s*: the same steps in process CPU seconds; on a shared machine
+  wall time grows with other jobs' load (load_average_before/after), CPU time
+  much less (ideally step_cpu_s / step_s = the cores XLA keeps busy);
 * compile_s: lowering + compilation of the batch-1 step;
 * gflop_per_step: XLA's FLOP count of the batch-1 step, and achieved_gflop_s;
 * peak_rss_mb: peak resident memory of this process.
@@ -24,6 +27,7 @@ The PyTorch reference on the same 2-core CPU takes 8.36 s per batch-1 step
 
 import argparse
 import json
+import os
 import pathlib
 import resource
 import statistics
@@ -61,7 +65,8 @@ def make_batch(batch_size: int, size: int, seed: int = 0):
 
 
 def time_step(config, batch_size: int, size: int, repeats: int, mesh):
-    """Returns (median seconds per step, compile seconds, compiled step)."""
+    """Returns (median wall seconds per step, median process CPU seconds per step, compile seconds,
+    compiled step)."""
     state = train_step.create_train_state(config, jax.random.key(config.seed), mesh=mesh)
     step = train_step.make_train_step(config, mesh)
     batch = train_step.shard_batch(make_batch(batch_size, size), mesh)
@@ -70,15 +75,16 @@ def time_step(config, batch_size: int, size: int, repeats: int, mesh):
     compile_s = time.perf_counter() - start
     state, metrics = compiled(state, batch)  # warm-up
     jax.block_until_ready(metrics)
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     if not all(np.isfinite(float(v)) for v in metrics.values()):
         raise RuntimeError(f"non-finite metrics in the benchmark step: {metrics}")
-    return statistics.median(times), compile_s, compiled
+    return statistics.median(wall), statistics.median(cpu), compile_s, compiled
 
 
 def step_flops(compiled) -> float:
@@ -115,29 +121,32 @@ def main(argv=None):
     results = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind, "size": args.size,
                "reference_cpu_step_s": REFERENCE_CPU_STEP_S}
 
-    step_s, compile_s, compiled = time_step(config, 1, args.size, args.repeats, mesh)
+    results["load_average_before"] = os.getloadavg()[0]
+    step_s, step_cpu_s, compile_s, compiled = time_step(config, 1, args.size, args.repeats, mesh)
     flops = step_flops(compiled)
-    results.update(step_s=step_s, compile_s=compile_s, gflop_per_step=flops / 1e9,
+    results.update(step_s=step_s, step_cpu_s=step_cpu_s, compile_s=compile_s, gflop_per_step=flops / 1e9,
                    achieved_gflop_s=flops / 1e9 / step_s)
     if not args.skip_fused:
         fused = big_lama.get_config()
         fused.train.update(batch_norm="global", step_mode="fused")
-        results["step_s_fused"] = time_step(fused, 1, args.size, args.repeats, mesh)[0]
+        results["step_s_fused"], results["step_cpu_s_fused"] = time_step(fused, 1, args.size, args.repeats, mesh)[:2]
     if not args.skip_batch4:
-        results["step_s_batch4"] = time_step(config, 4, args.size, args.repeats, mesh)[0]
+        results["step_s_batch4"], results["step_cpu_s_batch4"] = time_step(config, 4, args.size, args.repeats,
+                                                                           mesh)[:2]
 
     gpu_batch = args.gpu_batch or (16 if jax.default_backend() == "gpu" else None)
     if gpu_batch:
         for dtype, tag in (("float32", "fp32"), ("bfloat16", "bf16")):
             gpu_config = big_lama.get_config()
             gpu_config.train.update(batch_norm="global", compute_dtype=dtype)
-            seconds, _, gpu_compiled = time_step(gpu_config, gpu_batch, args.size, args.repeats, mesh)
+            seconds, _, _, gpu_compiled = time_step(gpu_config, gpu_batch, args.size, args.repeats, mesh)
             results[f"gpu_{tag}_img_s"] = gpu_batch / seconds
             peak = peak_tflops(dtype, args.peak_tflops)
             if peak:
                 results[f"mfu_{tag}"] = step_flops(gpu_compiled) / seconds / (peak * 1e12)
 
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["load_average_after"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(results))
     else:
