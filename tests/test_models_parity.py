@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import resnet_recipe
 from lama_jax import convert
 from lama_jax.models import (
     FFCBnAct, FourierUnit, NLayerDiscriminator, ResNet50Dilated, SpectralTransform, build_generator,
@@ -229,37 +230,10 @@ def test_discriminator_logits_and_features(fixtures_dir, mode):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), updated["batch_stats"], expected)
 
 
-def resnet_pl_recipe_state_dict(fixtures_dir):
-    """Regenerates the ResNetPL weights exactly as tests/fixtures/README.md §4 prescribes."""
-    f = load(fixtures_dir, "resnet_pl")
-    keys = [str(k) for k in f["recipe/keys"]]
-    seed = int(f["recipe/seed"])
-    out = {}
-    for i, key in enumerate(keys):
-        shape = tuple(int(s) for s in f["recipe/shapes"][i][: int(f["recipe/ndim"][i])])
-        rng = np.random.default_rng([seed, i])
-        if key.endswith("num_batches_tracked"):
-            out[key] = np.array(1000, np.int64)
-            continue
-        if key.endswith("running_mean"):
-            value = rng.normal(0, 0.1, shape)
-        elif key.endswith("running_var"):
-            value = rng.uniform(0.5, 1.5, shape)
-        elif key.endswith("bias"):
-            value = rng.normal(0, 0.05, shape)
-        elif len(shape) == 1:
-            value = rng.uniform(0.5, 1.0, shape)
-        else:
-            value = rng.standard_normal(shape) * (1.0 / np.sqrt(np.prod(shape[1:])))
-        out[key] = value.astype(np.float32)
-        np.testing.assert_equal(out[key].sum(dtype=np.float64), f["recipe/sum_float64"][i])
-    return f, out
-
-
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_resnet50_dilated_features(fixtures_dir, mode):
-    f, sd = resnet_pl_recipe_state_dict(fixtures_dir)
-    variables = convert.convert_resnet50_dilated(sd)
+    f = load(fixtures_dir, "resnet_pl")
+    variables = convert.convert_resnet50_dilated(resnet_recipe.resnet_pl_state_dict())
     mean = jnp.array([0.485, 0.456, 0.406])
     std = jnp.array([0.229, 0.224, 0.225])
     target = (nhwc(f["input/target"]) - mean) / std
