@@ -14,7 +14,7 @@ of yielding a half-filled tree.
 import dataclasses
 import json
 import pathlib
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import jax
 import orbax.checkpoint as ocp
@@ -108,5 +108,5 @@ def load_model(directory, networks=None) -> ModelCheckpoint:
     return ModelCheckpoint(variables=variables, model_config=metadata["model"], metadata=metadata)
 
 
-def parameter_count(variables) -> Optional[int]:
+def parameter_count(variables) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(variables.get("params", {})))

@@ -173,10 +173,9 @@ def strip_prefix(state_dict: Mapping[str, np.ndarray], prefix: str) -> Dict[str,
 
 def abstract_variables(module, input_shape) -> dict:
     """Shapes of `{"params", "batch_stats"}` without allocating (jax.eval_shape of init)."""
-    import jax.numpy as jnp
 
     def init():
-        return module.init(jax.random.key(0), jnp.zeros(input_shape, jnp.float32), train=False)
+        return module.init(jax.random.key(0), np.zeros(input_shape, np.float32), train=False)
 
     return jax.eval_shape(init)
 
