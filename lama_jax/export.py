@@ -1,26 +1,30 @@
 r"""Ships a trained generator: a model checkpoint plus serialized StableHLO that needs no model code.
 
     python -m lama_jax.export --workdir DIR [--step N | --best] --output OUT \
-        [--sizes 512x512,1024x1024] [--platforms cpu,cuda,tpu]
+        [--platforms cpu,cuda,tpu] [--no-stablehlo]
 
 reads a training checkpoint of `lama_jax.train` (the newest, step N, or the
 best by validation) and writes to OUT:
 
     lama_jax_model.json, variables/   the generator as a model checkpoint: Inpainter.from_checkpoint(OUT),
                                       `python -m lama_jax.predict --checkpoint OUT`, init_from=OUT
-    inpaint_<H>x<W>.stablehlo         jax.export artifacts, one per size: inpainted = f(image, mask)
-    stablehlo.json                    what each artifact expects, and how to call it
+    inpaint.stablehlo                 a jax.export artifact: inpainted = f(image, mask)
+    stablehlo.json                    what the artifact expects, and how to call it
 
-Each artifact is LaMa's inference with the weights embedded: image (B, H, W, 3)
+The artifact is LaMa's inference with the weights embedded: image (B, H, W, 3)
 float32 in [0, 1] and mask (B, H, W, 1) (> 0 is a hole) in, the blended result
-out. The batch B is symbolic; H and W are fixed per artifact because StableHLO's
-`fft` op takes static lengths (openxla/stablehlo#1366), so a symbolic size
-cannot reach the Fourier units. Pad inputs to the artifact's size (bottom and
-right, mirrored, as `inference.pad_to_modulo` does). Running one needs only JAX:
+out. B, H and W are symbolic: one artifact serves every batch and every size
+whose sides are multiples of 8 and at least 16 (for a generator with the LFU:
+square, sides multiples of 16). StableHLO's `fft` op needs static lengths, so
+the artifact computes the Fourier units as DFT matrix products
+(`lama_jax.models.dft`, equal to the FFT to float32 rounding). Running it
+needs only JAX:
 
-    from lama_jax.export import load_stablehlo      # or: jax.export.deserialize(bytes).call
-    inpaint = load_stablehlo("OUT/inpaint_512x512.stablehlo")
-    result = inpaint(image, mask)
+    inpaint = jax.export.deserialize(open("OUT/inpaint.stablehlo", "rb").read()).call
+    result = inpaint(image, mask)                   # H, W multiples of 8
+
+    from lama_jax.export import load_stablehlo      # any size: pads and crops as Inpainter does
+    result = load_stablehlo("OUT/inpaint.stablehlo")(image, mask)
 
 This is the portable form ONNX cannot give (its exporters fail on rfft).
 """
@@ -34,6 +38,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lama_jax import checkpoint as model_checkpoint
 from lama_jax import inference
@@ -41,29 +46,14 @@ from lama_jax import train_checkpoint
 from lama_jax.models import build_generator
 
 MANIFEST_FILE = "stablehlo.json"
-DEFAULT_SIZES = ((512, 512),)
+ARTIFACT_FILE = "inpaint.stablehlo"
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
-MIN_SIDE = 16  # the generator's bottleneck (1/8) reflect-pads by 1
-
-
-def parse_sizes(text: str) -> Tuple[Tuple[int, int], ...]:
-    """"512x512,1024x768" -> ((512, 512), (1024, 768)) as (height, width); checks multiples of 8."""
-    sizes = []
-    for item in text.split(","):
-        try:
-            height, width = (int(v) for v in item.strip().lower().split("x"))
-        except ValueError:
-            raise ValueError(f"size {item!r}: expected HEIGHTxWIDTH, e.g. 512x512") from None
-        if height % inference.PAD_MODULO or width % inference.PAD_MODULO or min(height, width) < MIN_SIDE:
-            raise ValueError(f"size {item!r}: height and width must be multiples of {inference.PAD_MODULO} "
-                             f"and at least {MIN_SIDE}")
-        sizes.append((height, width))
-    return tuple(sizes)
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
 
 
 def inpaint_function(generator_config: Mapping[str, Any], variables) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """(image, mask) -> inpainted with `variables` as constants: what the artifacts compute."""
-    generator = build_generator(generator_config)
+    """(image, mask) -> inpainted with `variables` as constants: what the artifact computes."""
+    generator = build_generator(generator_config, fft_impl="dft")
     variables = jax.tree.map(jnp.asarray, {"params": variables["params"], "batch_stats": variables["batch_stats"]})
 
     def inpaint(image, mask):
@@ -74,49 +64,76 @@ def inpaint_function(generator_config: Mapping[str, Any], variables) -> Callable
     return inpaint
 
 
-def export_stablehlo(generator_config: Mapping[str, Any], variables, size: Tuple[int, int],
+def symbolic_input_shape(generator_config: Mapping[str, Any]) -> Tuple[Any, Any, Any]:
+    """(batch, height, width) as `jax.export` symbolic dimensions, constrained as the generator needs."""
+    modulo = 2 ** generator_config["n_downsampling"]
+    if generator_config["enable_lfu"]:
+        # The LFU cuts the bottleneck into 2x2 quadrants and, as in the reference, needs it square.
+        batch, side = jax.export.symbolic_shape(f"batch, {2 * modulo}*s")
+        return batch, side, side
+    # The bottleneck is reflect-padded by 1, so each of its sides needs at least 2 pixels.
+    return jax.export.symbolic_shape(f"batch, {modulo}*h, {modulo}*w", constraints=("h >= 2", "w >= 2"))
+
+
+def export_stablehlo(generator_config: Mapping[str, Any], variables,
                      platforms: Sequence[str] = DEFAULT_PLATFORMS) -> jax.export.Exported:
-    """The inpainting function lowered for `platforms`, batch symbolic, at (height, width) = `size`."""
-    (batch,) = jax.export.symbolic_shape("batch")
-    height, width = size
+    """The inpainting function lowered for `platforms` with a symbolic batch, height and width."""
+    batch, height, width = symbolic_input_shape(generator_config)
     args = (jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32),
             jax.ShapeDtypeStruct((batch, height, width, 1), jnp.float32))
     return jax.export.export(jax.jit(inpaint_function(generator_config, variables)),
                              platforms=tuple(platforms))(*args)
 
 
-def load_stablehlo(path) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """`inpaint(image, mask)` from an artifact written by `export_workdir`; needs no lama_jax model code."""
-    return jax.export.deserialize(bytearray(pathlib.Path(path).read_bytes())).call
+def load_stablehlo(path) -> Callable[[Any, Any], np.ndarray]:
+    """`inpaint(image, mask)` at any size from an artifact of `export_workdir`; no lama_jax model code runs.
+
+    Pads to multiples of 8 at the bottom and right as `Inpainter` does, calls the
+    artifact and crops back.
+    """
+    call = jax.export.deserialize(bytearray(pathlib.Path(path).read_bytes())).call
+
+    def inpaint(image, mask) -> np.ndarray:
+        image, mask = inference.check_inputs(image, mask)
+        height, width = image.shape[1:3]
+        result = call(inference.pad_to_modulo(image), inference.pad_to_modulo(mask))
+        return np.asarray(result)[:, :height, :width]
+
+    return inpaint
 
 
-def export_workdir(workdir, output, *, step: Optional[int] = None, best: bool = False,
-                   sizes: Sequence[Tuple[int, int]] = DEFAULT_SIZES,
+def export_workdir(workdir, output, *, step: Optional[int] = None, best: bool = False, stablehlo: bool = True,
                    platforms: Sequence[str] = DEFAULT_PLATFORMS) -> Dict[str, Any]:
     """Writes the generator of a training checkpoint to `output` (see the module docstring).
 
-    Returns the manifest also written to OUT/stablehlo.json.
+    Returns the manifest, also written to OUT/stablehlo.json when `stablehlo`.
     """
+    unknown = [p for p in platforms if p not in PLATFORMS]
+    if stablehlo and unknown:
+        raise ValueError(f"unknown platform {unknown[0]!r}; choose from {', '.join(PLATFORMS)}")
     output = pathlib.Path(output).absolute()
     state, config, step = train_checkpoint.load_train_state(workdir, step=step, best=best)
     generator = state["generator"]
+    generator_config = config["model"]["generator"]
     source = f"{pathlib.Path(workdir).absolute()} step {step}{' (best)' if best else ''}"
     model_checkpoint.save_model(output, {"generator": generator}, config["model"], source=source)
 
-    manifest = {"source": source, "step": step, "generator": config["model"]["generator"], "artifacts": []}
-    for height, width in sizes:
-        exported = export_stablehlo(config["model"]["generator"], generator, (height, width), platforms)
-        name = f"inpaint_{height}x{width}.stablehlo"
-        (output / name).write_bytes(exported.serialize())
-        manifest["artifacts"].append({
-            "file": name,
-            "inputs": {"image": f"float32[B, {height}, {width}, 3] in [0, 1]",
-                       "mask": f"float32[B, {height}, {width}, 1], > 0 is a hole"},
-            "output": f"float32[B, {height}, {width}, 3], the inpainted image",
+    manifest = {"source": source, "step": step, "generator": generator_config}
+    if stablehlo:
+        exported = export_stablehlo(generator_config, generator, platforms)
+        (output / ARTIFACT_FILE).write_bytes(exported.serialize())
+        modulo = 2 ** generator_config["n_downsampling"]
+        sizes = (f"H == W, a multiple of {2 * modulo}" if generator_config["enable_lfu"]
+                 else f"H and W multiples of {modulo}, at least {2 * modulo}")
+        manifest["artifact"] = {
+            "file": ARTIFACT_FILE,
+            "inputs": {"image": "float32[B, H, W, 3] in [0, 1]", "mask": "float32[B, H, W, 1], > 0 is a hole"},
+            "output": "float32[B, H, W, 3], the inpainted image",
+            "sizes": sizes,
             "platforms": list(exported.platforms),
-        })
-    manifest["usage"] = "jax.export.deserialize(open(file, 'rb').read()).call(image, mask)"
-    (output / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+            "usage": "jax.export.deserialize(open(file, 'rb').read()).call(image, mask)",
+        }
+        (output / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -127,21 +144,21 @@ def main(argv=None) -> None:
     which.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
     which.add_argument("--best", action="store_true", help="the best checkpoint by validation")
     parser.add_argument("--output", required=True, help="new folder for the model checkpoint and artifacts")
-    parser.add_argument("--sizes", default=",".join(f"{h}x{w}" for h, w in DEFAULT_SIZES),
-                        help="StableHLO artifact sizes HEIGHTxWIDTH, comma-separated; '' for none "
-                             "(default %(default)s)")
     parser.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS),
-                        help="platforms the artifacts are lowered for (default %(default)s)")
+                        help="platforms the StableHLO artifact is lowered for (default %(default)s)")
+    parser.add_argument("--no-stablehlo", action="store_true", help="write only the model checkpoint")
     args = parser.parse_args(argv)
+    platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
     try:
-        sizes = parse_sizes(args.sizes) if args.sizes.strip() else ()
-        manifest = export_workdir(args.workdir, args.output, step=args.step, best=args.best, sizes=sizes,
-                                  platforms=[p.strip() for p in args.platforms.split(",") if p.strip()])
+        manifest = export_workdir(args.workdir, args.output, step=args.step, best=args.best,
+                                  stablehlo=not args.no_stablehlo, platforms=platforms)
     except (ValueError, model_checkpoint.CheckpointError, train_checkpoint.TrainCheckpointError) as e:
         raise SystemExit(f"error: {e}") from None
-    print(f"model checkpoint of {manifest['source']}: {pathlib.Path(args.output).absolute()}")
-    for artifact in manifest["artifacts"]:
-        print(f"  {artifact['file']} ({', '.join(artifact['platforms'])})")
+    output = pathlib.Path(args.output).absolute()
+    print(f"model checkpoint of {manifest['source']}: {output}")
+    if "artifact" in manifest:
+        artifact = manifest["artifact"]
+        print(f"  {output / artifact['file']}: any batch, {artifact['sizes']} ({', '.join(artifact['platforms'])})")
 
 
 if __name__ == "__main__":

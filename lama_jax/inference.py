@@ -10,7 +10,7 @@ pixels and cropped back. The jitted forward is compiled once per padded shape.
 """
 
 import pathlib
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ from lama_jax import checkpoint
 from lama_jax.models import build_generator
 
 PAD_MODULO = 8
+MIN_SIDE = 16  # the bottleneck (1/8) is reflect-padded by 1
 
 
 def pad_to_modulo(array: np.ndarray, modulo: int = PAD_MODULO) -> np.ndarray:
@@ -29,6 +30,21 @@ def pad_to_modulo(array: np.ndarray, modulo: int = PAD_MODULO) -> np.ndarray:
     if not (pad_h or pad_w):
         return array
     return np.pad(array, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+
+
+def check_inputs(image, mask) -> Tuple[np.ndarray, np.ndarray]:
+    """float32 (N, H, W, 3) image and (N, H, W, 1) mask, or a ValueError naming the wrong shape."""
+    image = np.asarray(image, dtype=np.float32)
+    mask = np.asarray(mask, dtype=np.float32)
+    if image.ndim != 4 or image.shape[-1] != 3:
+        raise ValueError(f"image must be (N, H, W, 3) float in [0, 1], got shape {image.shape}")
+    if mask.ndim != 4 or mask.shape[-1] != 1 or mask.shape[:3] != image.shape[:3]:
+        raise ValueError(f"mask must be (N, H, W, 1) matching image {image.shape[:3]}, got shape {mask.shape}")
+    height, width = image.shape[1:3]
+    if min(height, width) < MIN_SIDE:
+        raise ValueError(f"images must be at least {MIN_SIDE}x{MIN_SIDE} (the bottleneck is 1/8), "
+                         f"got {height}x{width}")
+    return image, mask
 
 
 def model_input(image: jax.Array, mask: jax.Array) -> jax.Array:
@@ -60,17 +76,8 @@ class Inpainter:
         return blend(prediction, image, mask)
 
     def __call__(self, image, mask) -> np.ndarray:
-        image = np.asarray(image, dtype=np.float32)
-        mask = np.asarray(mask, dtype=np.float32)
-        if image.ndim != 4 or image.shape[-1] != 3:
-            raise ValueError(f"Inpainter: image must be (N, H, W, 3) float in [0, 1], got shape {image.shape}")
-        if mask.ndim != 4 or mask.shape[-1] != 1 or mask.shape[:3] != image.shape[:3]:
-            raise ValueError(
-                f"Inpainter: mask must be (N, H, W, 1) matching image {image.shape[:3]}, got shape {mask.shape}"
-            )
+        image, mask = check_inputs(image, mask)
         height, width = image.shape[1:3]
-        if min(height, width) < 16:
-            raise ValueError(f"Inpainter: images must be at least 16x16 (the bottleneck is 1/8), got {height}x{width}")
         mask = (mask > 0).astype(np.float32)
         result = self._forward(self.variables, pad_to_modulo(image), pad_to_modulo(mask))
         return np.asarray(result)[:, :height, :width]

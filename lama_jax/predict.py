@@ -40,11 +40,10 @@ import tqdm
 from PIL import Image
 
 from lama_jax import evaluate
-from lama_jax.inference import Inpainter
+from lama_jax.inference import MIN_SIDE, Inpainter
 from lama_jax.refinement import RefinementOptions, Refiner
 
 DEFAULT_BATCH_SIZE = 8
-MIN_SIDE = 16  # the generator's bottleneck is 1/8 of the input and its convs reflect-pad by 1
 MAX_FAILURE_STATUS = 254
 SETUP_ERROR_STATUS = 255
 _PREFETCH_DEPTH = 4  # batches of decoded samples held ahead of the model

@@ -28,11 +28,10 @@ echo "== training configs/tiny.py for $STEPS steps in $WORKDIR"
 JAX_PLATFORMS=cpu "$PY" -m lama_jax.train --config configs/tiny.py --workdir "$WORKDIR" \
   --config.total_steps="$STEPS"
 
-# 3. Export the generator: a model checkpoint plus a 512x512 StableHLO artifact for CPU.
+# 3. Export the generator: a model checkpoint plus a StableHLO artifact for CPU (any image size).
 echo "== exporting $WORKDIR/model"
 rm -rf "$WORKDIR/model"
-JAX_PLATFORMS=cpu "$PY" -m lama_jax.export --workdir "$WORKDIR" --output "$WORKDIR/model" \
-  --sizes 512x512 --platforms cpu
+JAX_PLATFORMS=cpu "$PY" -m lama_jax.export --workdir "$WORKDIR" --output "$WORKDIR/model" --platforms cpu
 
 # 4. Inpaint the sample photos under fixed large masks (LaMa's folder layout).
 echo "== inpainting the sample photos"

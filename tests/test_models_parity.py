@@ -46,12 +46,13 @@ def convert_module(module, sd, example_input, context=(), *args):
     return convert.torch_to_flax(sd, shapes, convert.submodule_key_fn(context))
 
 
+@pytest.mark.parametrize("fft_impl", ["fft", "dft"])
 @pytest.mark.parametrize("suffix", ["", "_odd"])
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_fourier_unit(fixtures_dir, mode, suffix):
+def test_fourier_unit(fixtures_dir, mode, suffix, fft_impl):
     f = load(fixtures_dir, "fourier_unit")
     x = nhwc(f[f"input/x{suffix}"])
-    module = FourierUnit(8)
+    module = FourierUnit(8, fft_impl=fft_impl)
     variables = convert_module(module, state_dict(f), x)
     out, state = module.apply(
         variables, x, train=mode == "train", mutable=["batch_stats", "intermediates"], capture_intermediates=True
@@ -126,14 +127,15 @@ def test_ffc_bn_act_downsampling_births_global_stream(fixtures_dir, mode):
     assert_close(out_g, f[f"{mode}/output_g"], 1e-5, "output_g")
 
 
-def generator_fixture(fixtures_dir, name, **overrides):
+def generator_fixture(fixtures_dir, name, fft_impl="fft", **overrides):
     f = load(fixtures_dir, name)
     cfg = {**SMALL_GENERATOR, **overrides}
-    return f, cfg, build_generator(cfg), convert.convert_generator(state_dict(f), cfg)
+    return f, cfg, build_generator(cfg, fft_impl=fft_impl), convert.convert_generator(state_dict(f), cfg)
 
 
-def test_generator_eval_outputs_and_intermediates(fixtures_dir):
-    f, _, generator, variables = generator_fixture(fixtures_dir, "generator_ffc_small")
+@pytest.mark.parametrize("fft_impl", ["fft", "dft"])  # "dft": the exported StableHLO's Fourier units
+def test_generator_eval_outputs_and_intermediates(fixtures_dir, fft_impl):
+    f, _, generator, variables = generator_fixture(fixtures_dir, "generator_ffc_small", fft_impl)
     out, state = generator.apply(
         variables, nhwc(f["input/x"]), train=False, mutable=["intermediates"], capture_intermediates=True
     )
@@ -161,12 +163,13 @@ def test_generator_train_mode_outputs_and_running_stats(fixtures_dir):
     assert min(jax.tree.leaves(moved)) > 0
 
 
+@pytest.mark.parametrize("fft_impl", ["fft", "dft"])
 @pytest.mark.parametrize("name, overrides", [
     ("generator_ffc_small_lfu", dict(enable_lfu=True)),
     ("generator_ffc_small_nonsquare", {}),
 ])
-def test_generator_variants(fixtures_dir, name, overrides):
-    f, cfg, generator, variables = generator_fixture(fixtures_dir, name, **overrides)
+def test_generator_variants(fixtures_dir, name, overrides, fft_impl):
+    f, cfg, generator, variables = generator_fixture(fixtures_dir, name, fft_impl, **overrides)
     x = nhwc(f["input/x"])
     out, state = generator.apply(
         variables, x, train=False, mutable=["intermediates"], capture_intermediates=True

@@ -12,11 +12,15 @@ def _dtype(name):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
-def build_generator(cfg, *, bn_groups: int = 1, dtype: str = "float32") -> FFCResNetGenerator:
-    """`cfg`: a mapping with ngf, n_downsampling, n_blocks, ratio, enable_lfu (config.model.generator)."""
+def build_generator(cfg, *, bn_groups: int = 1, dtype: str = "float32", fft_impl: str = "fft") -> FFCResNetGenerator:
+    """`cfg`: a mapping with ngf, n_downsampling, n_blocks, ratio, enable_lfu (config.model.generator).
+
+    `fft_impl`: "fft" (XLA's FFT) or "dft" (matrix products; shape-polymorphic export).
+    """
     return FFCResNetGenerator(
         ngf=cfg["ngf"], n_downsampling=cfg["n_downsampling"], n_blocks=cfg["n_blocks"],
         ratio=cfg["ratio"], enable_lfu=cfg["enable_lfu"], bn_groups=bn_groups, dtype=_dtype(dtype),
+        fft_impl=fft_impl,
     )
 
 

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lama_jax.models import dft
 from lama_jax.models.layers import BatchNorm, Conv2d, ConvTranspose2d, reflect_pad, split_channels
 
 Dtype = Any
@@ -27,29 +28,40 @@ class FourierUnit(nn.Module):
     """rfft2 (ortho) -> 1x1 conv over interleaved (re, im) channels -> BN -> ReLU -> irfft2.
 
     Channel 2c of the spectrum is Re F[c] and 2c+1 is Im F[c], as in the
-    reference; the FFT always runs in float32.
+    reference; the transforms always run in float32. `fft_impl` "fft" uses
+    XLA's FFT; "dft" the same transforms as matrix products (`models.dft`),
+    which `jax.export` can lower with a symbolic image size.
     """
 
     features: int
     bn_groups: int = 1
     dtype: Dtype = jnp.float32
+    fft_impl: str = "fft"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         batch, height, width, channels = x.shape
-        spectrum = jnp.fft.rfft2(x.astype(jnp.float32), axes=(1, 2), norm="ortho")
-        freq_width = spectrum.shape[2]
-        stacked = jnp.stack([spectrum.real, spectrum.imag], axis=-1)
-        stacked = stacked.reshape(batch, height, freq_width, 2 * channels)
+        if self.fft_impl == "fft":
+            spectrum = jnp.fft.rfft2(x.astype(jnp.float32), axes=(1, 2), norm="ortho")
+            real, imag = spectrum.real, spectrum.imag
+        elif self.fft_impl == "dft":
+            real, imag = dft.rfft2(x)
+        else:
+            raise ValueError(f"FourierUnit: fft_impl must be 'fft' or 'dft', got {self.fft_impl!r}")
+        freq_width = real.shape[2]
+        stacked = jnp.stack([real, imag], axis=-1).reshape(batch, height, freq_width, 2 * channels)
 
         stacked = Conv2d(2 * self.features, 1, dtype=self.dtype, name="conv_layer")(stacked)
         stacked = BatchNorm(groups=self.bn_groups, dtype=self.dtype, name="bn")(stacked, train)
         stacked = nn.relu(stacked).astype(jnp.float32)
 
         pairs = stacked.reshape(batch, height, freq_width, self.features, 2)
-        spectrum = jax.lax.complex(pairs[..., 0], pairs[..., 1])
-        # s=(H, W) is required for odd widths.
-        out = jnp.fft.irfft2(spectrum, s=(height, width), axes=(1, 2), norm="ortho")
+        if self.fft_impl == "dft":
+            out = dft.irfft2(pairs[..., 0], pairs[..., 1], height, width)
+        else:
+            # s=(H, W) is required for odd widths.
+            out = jnp.fft.irfft2(jax.lax.complex(pairs[..., 0], pairs[..., 1]), s=(height, width), axes=(1, 2),
+                                 norm="ortho")
         return out.astype(self.dtype)
 
 
@@ -66,6 +78,7 @@ class SpectralTransform(nn.Module):
     enable_lfu: bool = False
     bn_groups: int = 1
     dtype: Dtype = jnp.float32
+    fft_impl: str = "fft"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -74,7 +87,7 @@ class SpectralTransform(nn.Module):
         hidden = self.features // 2
         x = Conv2d(hidden, 1, dtype=self.dtype, name="conv1")(x)
         x = nn.relu(BatchNorm(groups=self.bn_groups, dtype=self.dtype, name="bn1")(x, train))
-        out = FourierUnit(hidden, self.bn_groups, self.dtype, name="fu")(x, train)
+        out = FourierUnit(hidden, self.bn_groups, self.dtype, self.fft_impl, name="fu")(x, train)
 
         total = x + out
         if self.enable_lfu:
@@ -89,7 +102,7 @@ class SpectralTransform(nn.Module):
             # Channel order of the reference: W-left (H-top, H-bottom), then W-right (H-top, H-bottom).
             rows = jnp.concatenate([quarter[:, :half], quarter[:, half:]], axis=-1)
             quadrants = jnp.concatenate([rows[:, :, :half], rows[:, :, half:]], axis=-1)
-            local = FourierUnit(hidden, self.bn_groups, self.dtype, name="lfu")(quadrants, train)
+            local = FourierUnit(hidden, self.bn_groups, self.dtype, self.fft_impl, name="lfu")(quadrants, train)
             total = total + jnp.tile(local, (1, 2, 2, 1))
         return Conv2d(self.features, 1, dtype=self.dtype, name="conv2")(total)
 
@@ -110,6 +123,7 @@ class FFC(nn.Module):
     enable_lfu: bool = False
     bn_groups: int = 1
     dtype: Dtype = jnp.float32
+    fft_impl: str = "fft"
 
     @nn.compact
     def __call__(self, streams: Streams, train: bool) -> Streams:
@@ -136,7 +150,8 @@ class FFC(nn.Module):
                 y_g = spatial_conv(out_global, "convl2g")(x_l)
             if x_g is not None:
                 spectral = SpectralTransform(
-                    out_global, self.strides, self.enable_lfu, self.bn_groups, self.dtype, name="convg2g"
+                    out_global, self.strides, self.enable_lfu, self.bn_groups, self.dtype, self.fft_impl,
+                    name="convg2g",
                 )
                 y_g = add(y_g, spectral(x_g, train))
         return y_l, y_g
@@ -155,12 +170,13 @@ class FFCBnAct(nn.Module):
     enable_lfu: bool = False
     bn_groups: int = 1
     dtype: Dtype = jnp.float32
+    fft_impl: str = "fft"
 
     @nn.compact
     def __call__(self, streams: Streams, train: bool) -> Streams:
         y_l, y_g = FFC(
             self.features, self.ratio_gin, self.ratio_gout, self.kernel_size, self.strides,
-            self.padding, self.dilation, self.enable_lfu, self.bn_groups, self.dtype, name="ffc",
+            self.padding, self.dilation, self.enable_lfu, self.bn_groups, self.dtype, self.fft_impl, name="ffc",
         )(streams, train)
         if y_l is not None:
             y_l = nn.relu(BatchNorm(groups=self.bn_groups, dtype=self.dtype, name="bn_l")(y_l, train))
@@ -177,13 +193,14 @@ class FFCResnetBlock(nn.Module):
     enable_lfu: bool = False
     bn_groups: int = 1
     dtype: Dtype = jnp.float32
+    fft_impl: str = "fft"
 
     @nn.compact
     def __call__(self, streams: Streams, train: bool) -> Streams:
         def conv(name):
             return FFCBnAct(
                 self.features, self.ratio, self.ratio, 3, padding=1, enable_lfu=self.enable_lfu,
-                bn_groups=self.bn_groups, dtype=self.dtype, name=name,
+                bn_groups=self.bn_groups, dtype=self.dtype, fft_impl=self.fft_impl, name=name,
             )
 
         y_l, y_g = conv("conv2")(conv("conv1")(streams, train), train)
@@ -195,7 +212,8 @@ class FFCResNetGenerator(nn.Module):
     """LaMa's generator: reflect-pad + 7x7 FFC, strided FFCs, FFC residual blocks, transposed-conv decoder.
 
     Input: NHWC with 4 channels, `image * (1 - mask)` then `mask`; H and W multiples of
-    2**n_downsampling. Output: sigmoid RGB of the same size.
+    2**n_downsampling. Output: sigmoid RGB of the same size. `fft_impl="dft"` computes
+    the Fourier units by matrix products, so `jax.export` accepts a symbolic H and W.
     """
 
     ngf: int = 64
@@ -207,6 +225,7 @@ class FFCResNetGenerator(nn.Module):
     output_channels: int = 3
     bn_groups: int = 1
     dtype: Dtype = jnp.float32
+    fft_impl: str = "fft"
 
     @nn.compact
     def __call__(self, x, train: bool, *, stage: str = "full"):
@@ -214,7 +233,7 @@ class FFCResNetGenerator(nn.Module):
         "rear" (bottleneck streams -> image); refinement optimises the bottleneck between the two."""
         if stage not in ("full", "front", "rear"):
             raise ValueError(f"FFCResNetGenerator: unknown stage {stage!r}")
-        common = dict(bn_groups=self.bn_groups, dtype=self.dtype)
+        common = dict(bn_groups=self.bn_groups, dtype=self.dtype, fft_impl=self.fft_impl)
         if stage == "rear":
             streams = x
         else:
