@@ -1,0 +1,47 @@
+"""layers.conv2d: XLA's convolution semantics with its own CPU gradients, to second order (R1)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lama_jax.models import layers
+
+CASES = [  # (kernel size, stride, padding, in channels, out channels)
+    (3, 1, 1, 5, 6),
+    (7, 1, 0, 4, 3),  # few output channels: the narrow-conv path
+    (3, 2, 1, 5, 6),  # odd kernel, stride 2: XLA forward, space-to-depth gradients
+    (4, 2, 2, 5, 6),  # even kernel, stride 2: space-to-depth throughout
+    (1, 2, 0, 5, 6),
+]
+
+
+def reference_conv(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x, kernel, (strides, strides), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=jax.lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("size, strides, pad, cin, cout", CASES)
+def test_conv2d_values_and_gradients_equal_xla(size, strides, pad, cin, cout):
+    rng = np.random.default_rng(size * 10 + strides)
+    x = jnp.asarray(rng.normal(size=(2, 13, 11, cin)).astype(np.float32))
+    kernel = jnp.asarray(rng.normal(size=(size, size, cin, cout)).astype(np.float32))
+    padding = ((pad, pad), (pad, pad))
+    probe = jnp.asarray(rng.normal(size=reference_conv(x, kernel, strides, padding).shape).astype(np.float32))
+
+    def objective(conv):
+        return lambda x, kernel: jnp.sum(conv(x, kernel, strides, padding) * probe)
+
+    ours, expected = objective(layers.conv2d), objective(reference_conv)
+    np.testing.assert_allclose(layers.conv2d(x, kernel, strides, padding), reference_conv(x, kernel, strides, padding),
+                               rtol=1e-5, atol=1e-4)
+    for got, want in zip(jax.grad(ours, (0, 1))(x, kernel), jax.grad(expected, (0, 1))(x, kernel)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+
+    # R1's shape: the squared input gradient, differentiated with respect to the kernel.
+    def penalty(objective):
+        return lambda kernel: jnp.sum(jax.grad(objective)(x, kernel) ** 2)
+
+    np.testing.assert_allclose(jax.grad(penalty(ours))(kernel), jax.grad(penalty(expected))(kernel),
+                               rtol=1e-4, atol=1e-2)
