@@ -95,8 +95,9 @@ def test_stablehlo_artifact_runs_without_lama_jax(workdir, tmp_path):
 import sys, jax, numpy as np
 inputs = np.load({str(tmp_path / 'inputs.npz')!r})
 inpaint = jax.export.deserialize(bytearray(open({str(out / 'inpaint.stablehlo')!r}, 'rb').read()))
-np.savez({str(tmp_path / 'results.npz')!r}, **{{name: np.asarray(inpaint.call(inputs[name + '_image'], inputs[name + '_mask']))
-                                              for name in ('small', 'large')}})
+results = {{name: np.asarray(inpaint.call(inputs[name + '_image'], inputs[name + '_mask']))
+           for name in ('small', 'large')}}
+np.savez({str(tmp_path / 'results.npz')!r}, **results)
 assert not any(name.startswith('lama_jax') for name in sys.modules)
 """
     result = subprocess.run([sys.executable, "-c", script], cwd="/", capture_output=True, text=True, timeout=120)

@@ -12,7 +12,8 @@ def _dtype(name):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
-def build_generator(cfg, *, bn_groups: int = 1, dtype: str = "float32", fft_impl: str = "fft") -> FFCResNetGenerator:
+def build_generator(cfg, *, bn_groups: int = 1, dtype: str = "float32",
+                    fft_impl: str = "fft") -> FFCResNetGenerator:
     """`cfg`: a mapping with ngf, n_downsampling, n_blocks, ratio, enable_lfu (config.model.generator).
 
     `fft_impl`: "fft" (XLA's FFT) or "dft" (matrix products; shape-polymorphic export).
