@@ -8,11 +8,15 @@ import pytest
 from lama_jax.models import layers
 
 CASES = [  # (kernel size, stride, padding, in channels, out channels)
-    (3, 1, 1, 5, 6),
-    (7, 1, 0, 4, 3),  # few output channels: the narrow-conv path
-    (3, 2, 1, 5, 6),  # odd kernel, stride 2: XLA forward, space-to-depth gradients
-    (4, 2, 2, 5, 6),  # even kernel, stride 2: space-to-depth throughout
-    (1, 2, 0, 5, 6),
+    (3, 1, ((1, 1), (1, 1)), 5, 6),
+    (3, 1, ((1, 1), (1, 1)), 5, 16),  # XLA's own kernel gradient
+    (3, 1, ((0, 0), (0, 0)), 5, 6),  # unpadded: run padded, then cropped
+    (2, 1, ((0, 1), (0, 1)), 5, 6),  # one-sided, as in the sub-pixel transposed conv
+    (7, 1, ((0, 0), (0, 0)), 4, 3),
+    (1, 1, ((0, 0), (0, 0)), 5, 6),  # a matrix product
+    (3, 2, ((1, 1), (1, 1)), 5, 6),  # odd kernel, stride 2: XLA forward, space-to-depth gradients
+    (4, 2, ((2, 2), (2, 2)), 5, 6),  # even kernel, stride 2: space-to-depth throughout
+    (1, 2, ((0, 0), (0, 0)), 5, 6),
 ]
 
 
@@ -22,12 +26,11 @@ def reference_conv(x, kernel, strides, padding):
                                         precision=jax.lax.Precision.HIGHEST)
 
 
-@pytest.mark.parametrize("size, strides, pad, cin, cout", CASES)
-def test_conv2d_values_and_gradients_equal_xla(size, strides, pad, cin, cout):
-    rng = np.random.default_rng(size * 10 + strides)
+@pytest.mark.parametrize("size, strides, padding, cin, cout", CASES)
+def test_conv2d_values_and_gradients_equal_xla(size, strides, padding, cin, cout):
+    rng = np.random.default_rng(size * 10 + strides + cout)
     x = jnp.asarray(rng.normal(size=(2, 13, 11, cin)).astype(np.float32))
     kernel = jnp.asarray(rng.normal(size=(size, size, cin, cout)).astype(np.float32))
-    padding = ((pad, pad), (pad, pad))
     probe = jnp.asarray(rng.normal(size=reference_conv(x, kernel, strides, padding).shape).astype(np.float32))
 
     def objective(conv):

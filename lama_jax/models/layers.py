@@ -37,22 +37,44 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 Padding = Tuple[Tuple[int, int], Tuple[int, int]]
 
 # ------------------------------------------------------------------------------------------
-# Convolutions whose gradients XLA:CPU runs fast.
+# Convolutions that XLA:CPU runs fast.
 #
-# XLA:CPU runs a convolution's kernel gradient (a convolution whose window is the
-# whole output map), convolutions with very few output channels, and anything
-# derived from input-dilated convolutions an order of magnitude slower than the
-# same arithmetic as matrix products (measured on 2 cores: the 512->512 4x4
-# kernel gradient at 17x17 takes 4 s instead of 0.05 s; the generator's final
-# 7x7 conv to RGB 0.5-1 s instead of 0.05 s). `conv2d` therefore keeps XLA's
-# forward convolution but defines the gradients itself: the input gradient is
-# again a stride-1 `conv2d` (so second derivatives, as in the R1 penalty, stay
-# on this path) and the kernel gradient is one GEMM over im2col-expanded taps of
-# whichever of input and output gradient has fewer channels. Stride-2
-# convolutions run as stride-1 ones on a space-to-depth input (odd kernels only
-# in their gradients: see `_odd_conv_stride2`). Results equal
-# XLA's up to float rounding (checked to 1e-15 in float64). Other backends use
-# XLA's own convolutions.
+# Measured on 2 cores, XLA:CPU has slow paths for shapes that are mathematically
+# the same work:
+# - a convolution without padding, or padded on one side only, runs 1.3-3x
+#   slower than one padded on both sides (25x for 64 -> 3 channels), worst with
+#   batch > 1. `_xla_conv` pads every side by at least the stride and crops the
+#   extra output, so reflect-padded layers (padding done before the conv) and
+#   strided ones stay on the fast path;
+# - a 1x1 convolution runs 1.5-2x slower than the matrix product;
+# - a convolution's kernel gradient (a convolution whose window is the whole
+#   output map) and anything derived from input-dilated convolutions run an
+#   order of magnitude slower than the same arithmetic as matrix products (the
+#   512->512 4x4 kernel gradient at 17x17: 4 s instead of 0.05 s).
+# `conv2d` therefore defines the gradients itself: the input gradient is again a
+# stride-1 `conv2d` (so second derivatives, as in the R1 penalty, stay on this
+# path) and the kernel gradient is one GEMM over im2col-expanded taps of
+# whichever of input and output gradient has fewer channels. Stride-2 gradients
+# run as stride-1 ones on a space-to-depth input. Results equal XLA's up to
+# float rounding (tests/test_layers.py). Other backends use XLA's own
+# convolutions.
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, strides: int, padding: Padding) -> jax.Array:
+    """XLA's convolution, shaped the way XLA:CPU runs fastest (see above)."""
+    if kernel.shape[:2] == (1, 1) and strides == 1 and padding == ((0, 0), (0, 0)):
+        return x @ kernel[0, 0]
+    # Extra zeros on each side, a multiple of the stride, add whole output rows/columns to crop.
+    extra = []
+    for lo, hi in padding:
+        target = max(lo, hi, strides)
+        target += -(target - lo) % strides  # keeps the stride's alignment when lo and hi differ
+        extra.append((target - lo, target - hi + (-(target - hi) % strides)))
+    y = jax.lax.conv_general_dilated(x, kernel, (strides, strides),
+                                     [(lo + e_lo, hi + e_hi) for (lo, hi), (e_lo, e_hi) in zip(padding, extra)],
+                                     dimension_numbers=_NHWC)
+    (top, bottom), (left, right) = [(e_lo // strides, e_hi // strides) for e_lo, e_hi in extra]
+    return y[:, top:y.shape[1] - bottom, left:y.shape[2] - right]
 
 
 def _expand_taps(x: jax.Array, kh: int, kw: int, out_h: int, out_w: int) -> jax.Array:
@@ -60,22 +82,9 @@ def _expand_taps(x: jax.Array, kh: int, kw: int, out_h: int, out_w: int) -> jax.
     return jnp.concatenate([x[:, i:i + out_h, j:j + out_w] for i in range(kh) for j in range(kw)], axis=-1)
 
 
-def _narrow_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """VALID stride-1 conv with few output channels: one GEMM to every tap's output, then a shifted sum."""
-    kh, kw, cin, cout = kernel.shape
-    batch, height, width, _ = x.shape
-    out_h, out_w = height - kh + 1, width - kw + 1
-    per_tap = x @ kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
-    per_tap = per_tap.reshape(batch, height, width, kh, kw, cout)
-    return sum(per_tap[:, i:i + out_h, j:j + out_w, i, j] for i in range(kh) for j in range(kw))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_stride1(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
-    kh, kw, _, cout = kernel.shape
-    if cout <= 4 and kh * kw > 1:
-        return _narrow_conv(jnp.pad(x, ((0, 0), *padding, (0, 0))), kernel)
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_NHWC)
+    return _xla_conv(x, kernel, 1, padding)
 
 
 def _conv_stride1_fwd(x, kernel, padding):
@@ -90,6 +99,12 @@ def _conv_stride1_bwd(padding, residuals, dy):
     # so a second derivative, as in R1, stays on the fast path).
     dx = _conv_stride1(dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3),
                        ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)))
+    if kh == kw and kh % 2 and kh > 1 and cout >= 16:
+        # XLA's own kernel gradient of the padded convolution: measured 1.6-5x faster than the
+        # GEMM below for odd square kernels with many output channels (and far slower otherwise).
+        _, kernel_pullback = jax.vjp(lambda k: _xla_conv(x, k, 1, padding), kernel)
+        (dkernel,) = kernel_pullback(dy)
+        return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
     padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
     out_h, out_w = dy.shape[1:3]
     if cout < cin:
@@ -129,7 +144,7 @@ def _odd_conv_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
     Space-to-depth pads a 3x3 kernel to 4x4 (16/9 of the work), so XLA's own
     strided forward is ~1.8x faster; its gradients are the slow ones.
     """
-    return jax.lax.conv_general_dilated(x, kernel, (2, 2), ((0, 0), (0, 0)), dimension_numbers=_NHWC)
+    return _xla_conv(x, kernel, 2, ((0, 0), (0, 0)))
 
 
 def _odd_conv_stride2_fwd(x, kernel):
