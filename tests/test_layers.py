@@ -48,3 +48,14 @@ def test_conv2d_values_and_gradients_equal_xla(size, strides, padding, cin, cout
 
     np.testing.assert_allclose(jax.grad(penalty(ours))(kernel), jax.grad(penalty(expected))(kernel),
                                rtol=1e-4, atol=1e-2)
+
+
+@pytest.mark.parametrize("strides, padding", [(1, ((lo, hi), (hi, lo))) for lo in range(3) for hi in range(3)]
+                         + [(2, ((0, 0), (0, 0)))])
+def test_padded_and_cropped_convolution_equals_xla(strides, padding):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 7, 8, 3)).astype(np.float32)
+    for size in (1, 2, 3):
+        kernel = rng.normal(size=(size, size, 3, 4)).astype(np.float32)
+        expected = reference_conv(x, kernel, strides, padding)
+        np.testing.assert_allclose(layers._xla_conv(x, kernel, strides, padding), expected, rtol=1e-5, atol=1e-5)

@@ -64,12 +64,11 @@ def _xla_conv(x: jax.Array, kernel: jax.Array, strides: int, padding: Padding) -
     """XLA's convolution, shaped the way XLA:CPU runs fastest (see above)."""
     if kernel.shape[:2] == (1, 1) and strides == 1 and padding == ((0, 0), (0, 0)):
         return x @ kernel[0, 0]
-    # Extra zeros on each side, a multiple of the stride, add whole output rows/columns to crop.
-    extra = []
-    for lo, hi in padding:
-        target = max(lo, hi, strides)
-        target += -(target - lo) % strides  # keeps the stride's alignment when lo and hi differ
-        extra.append((target - lo, target - hi + (-(target - hi) % strides)))
+    # Both sides padded to at least the stride; extra zeros in multiples of the stride add whole
+    # output rows and columns, cropped below. (conv2d calls stride 2 only unpadded.)
+    extra = [(max(lo, hi, strides) - lo, max(lo, hi, strides) - hi) for lo, hi in padding]
+    if any(e % strides for pair in extra for e in pair):
+        raise ValueError(f"_xla_conv: padding {padding} at stride {strides} would misalign the output")
     y = jax.lax.conv_general_dilated(x, kernel, (strides, strides),
                                      [(lo + e_lo, hi + e_hi) for (lo, hi), (e_lo, e_hi) in zip(padding, extra)],
                                      dimension_numbers=_NHWC)
