@@ -33,7 +33,7 @@ import math
 import os
 import sys
 import time
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import jax
 import numpy as np
@@ -51,6 +51,8 @@ IMAGE_SUFFIX = ".png"
 PREDICTION_SUFFIX = ".png"
 DEFAULT_BATCH_SIZE = 8  # LaMa's eval2 configs
 _MAX_LISTED = 10
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,16 +128,19 @@ def load_sample(sample: Sample) -> dict[str, np.ndarray]:
     return {"image": image, "mask": mask, "inpainted": inpainted}
 
 
-def _prefetched(samples: Sequence[Sample], depth: int) -> Iterator[dict[str, np.ndarray]]:
-    """Loads samples in order on background threads, at most `depth` ahead (PNG decoding releases the GIL)."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        pending: collections.deque = collections.deque()
-        for sample in samples:
-            pending.append(pool.submit(load_sample, sample))
-            if len(pending) >= depth:
-                yield pending.popleft().result()
-        while pending:
+def prefetch_in_order(pool: concurrent.futures.Executor, load: Callable[[T], R], items: Iterable[T],
+                      depth: int) -> Iterator[R]:
+    """`load(item)` for each item, in order, run on `pool` at most `depth` items ahead.
+
+    Decoding PNGs releases the GIL, so two threads overlap reading with the model.
+    """
+    pending: collections.deque = collections.deque()
+    for item in items:
+        pending.append(pool.submit(load, item))
+        if len(pending) >= depth:
             yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _batches(samples: Sequence[Sample], batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
@@ -147,11 +152,12 @@ def _batches(samples: Sequence[Sample], batch_size: int) -> Iterator[tuple[dict[
         rows = group + [group[-1]] * (batch_size - num_valid)
         return {key: np.stack([row[key] for row in rows]) for key in group[0]}, num_valid
 
-    for loaded in _prefetched(samples, depth=2 * batch_size):
-        if group and (loaded["image"].shape != group[0]["image"].shape or len(group) == batch_size):
-            yield flush()
-            group = []
-        group.append(loaded)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        for loaded in prefetch_in_order(pool, load_sample, samples, depth=2 * batch_size):
+            if group and (loaded["image"].shape != group[0]["image"].shape or len(group) == batch_size):
+                yield flush()
+                group = []
+            group.append(loaded)
     if group:
         yield flush()
 

@@ -64,21 +64,22 @@ def inpaint_function(generator_config: Mapping[str, Any], variables) -> Callable
     return inpaint
 
 
-def symbolic_input_shape(generator_config: Mapping[str, Any]) -> Tuple[Any, Any, Any]:
-    """(batch, height, width) as `jax.export` symbolic dimensions, constrained as the generator needs."""
+def input_size_rule(generator_config: Mapping[str, Any]) -> Tuple[str, Tuple[str, ...], str]:
+    """The artifact's symbolic (batch, height, width): `jax.export` spec, constraints, and in words."""
     modulo = 2 ** generator_config["n_downsampling"]
     if generator_config["enable_lfu"]:
         # The LFU cuts the bottleneck into 2x2 quadrants and, as in the reference, needs it square.
-        batch, side = jax.export.symbolic_shape(f"batch, {2 * modulo}*s")
-        return batch, side, side
+        return f"batch, {2 * modulo}*s, {2 * modulo}*s", (), f"H == W, a multiple of {2 * modulo}"
     # The bottleneck is reflect-padded by 1, so each of its sides needs at least 2 pixels.
-    return jax.export.symbolic_shape(f"batch, {modulo}*h, {modulo}*w", constraints=("h >= 2", "w >= 2"))
+    return (f"batch, {modulo}*h, {modulo}*w", ("h >= 2", "w >= 2"),
+            f"H and W multiples of {modulo}, at least {2 * modulo}")
 
 
 def export_stablehlo(generator_config: Mapping[str, Any], variables,
                      platforms: Sequence[str] = DEFAULT_PLATFORMS) -> jax.export.Exported:
     """The inpainting function lowered for `platforms` with a symbolic batch, height and width."""
-    batch, height, width = symbolic_input_shape(generator_config)
+    spec, constraints, _ = input_size_rule(generator_config)
+    batch, height, width = jax.export.symbolic_shape(spec, constraints=constraints)
     args = (jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32),
             jax.ShapeDtypeStruct((batch, height, width, 1), jnp.float32))
     return jax.export.export(jax.jit(inpaint_function(generator_config, variables)),
@@ -122,14 +123,11 @@ def export_workdir(workdir, output, *, step: Optional[int] = None, best: bool = 
     if stablehlo:
         exported = export_stablehlo(generator_config, generator, platforms)
         (output / ARTIFACT_FILE).write_bytes(exported.serialize())
-        modulo = 2 ** generator_config["n_downsampling"]
-        sizes = (f"H == W, a multiple of {2 * modulo}" if generator_config["enable_lfu"]
-                 else f"H and W multiples of {modulo}, at least {2 * modulo}")
         manifest["artifact"] = {
             "file": ARTIFACT_FILE,
             "inputs": {"image": "float32[B, H, W, 3] in [0, 1]", "mask": "float32[B, H, W, 1], > 0 is a hole"},
             "output": "float32[B, H, W, 3], the inpainted image",
-            "sizes": sizes,
+            "sizes": input_size_rule(generator_config)[2],
             "platforms": list(exported.platforms),
             "usage": "jax.export.deserialize(open(file, 'rb').read()).call(image, mask)",
         }

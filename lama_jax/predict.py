@@ -27,7 +27,6 @@ checkpoint, no masks under --input).
 from __future__ import annotations
 
 import argparse
-import collections
 import concurrent.futures
 import dataclasses
 import os
@@ -88,17 +87,6 @@ def _load_or_fail(sample):
         return sample, None, str(err)
 
 
-def _prefetched(pool, samples, depth) -> Iterator[tuple]:
-    """`_load_or_fail` over samples in order, decoded on the pool at most `depth` ahead."""
-    pending: collections.deque = collections.deque()
-    for sample in samples:
-        pending.append(pool.submit(_load_or_fail, sample))
-        if len(pending) >= depth:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
 def _batches(loaded, batch_size: int, failures: list) -> Iterator[list]:
     """Groups consecutive successfully loaded samples of one size into lists of at most batch_size."""
     group: list = []
@@ -144,7 +132,7 @@ def predict_samples(
             reported = len(failures)
             bar.update(min(len(writes) + len(failures), len(samples)) - bar.n)
 
-        loaded = _prefetched(pool, samples, depth=_PREFETCH_DEPTH * batch_size)
+        loaded = evaluate.prefetch_in_order(pool, _load_or_fail, samples, depth=_PREFETCH_DEPTH * batch_size)
         for group in _batches(loaded, batch_size, failures):
             images = np.stack([pair[0] for _, pair in group])
             masks = np.stack([pair[1] for _, pair in group])
