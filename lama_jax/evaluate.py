@@ -43,6 +43,7 @@ from PIL import Image
 from lama_jax import eval_weights
 from lama_jax import metrics as metrics_lib
 from lama_jax import torch_pickle
+from lama_jax.data import sources
 from lama_jax.models import inception as inception_lib
 from lama_jax.models import lpips as lpips_lib
 
@@ -64,26 +65,13 @@ class Sample:
 
 def list_samples(data_dir: str, predictions_dir: str) -> list[Sample]:
     """Every `*mask*.png` under data_dir (recursive, sorted) with its image and prediction paths, unchecked."""
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"{data_dir!r} is not a directory")
-    masks = []
-    for root, dirs, files in os.walk(data_dir):
-        # Like LaMa's recursive glob, hidden folders and files are not searched.
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        masks.extend(
-            os.path.join(root, f)
-            for f in files
-            if "mask" in f and f.endswith(IMAGE_SUFFIX) and not f.startswith(".")
-        )
-    if not masks:
-        raise FileNotFoundError(f"no '*mask*{IMAGE_SUFFIX}' files under {data_dir!r}")
     samples = []
-    for mask in sorted(masks):
+    for mask in sources.list_eval_masks(data_dir, IMAGE_SUFFIX):
         relative = os.path.relpath(mask, data_dir)
         samples.append(
             Sample(
                 mask=mask,
-                image=mask.rsplit("_mask", 1)[0] + IMAGE_SUFFIX,
+                image=str(sources.mask_image_path(mask, IMAGE_SUFFIX)),
                 prediction=os.path.join(predictions_dir, os.path.splitext(relative)[0] + PREDICTION_SUFFIX),
             )
         )

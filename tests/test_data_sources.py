@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lama_jax import evaluate
 from lama_jax.data import build_tfds
 from lama_jax.data import images
 from lama_jax.data import samples
@@ -132,6 +133,18 @@ def test_eval_folder_pairs_masks_with_images(tmp_path):
     assert [r[0] for r in source.pairs][:2] == [str(tmp_path / "img1_crop000.png")] * 2
     assert source[2]["name"] == "sub/img2_crop000_mask000"
     assert sources.mask_image_path(pathlib.Path("a_mask_x_mask003.png")) == pathlib.Path("a_mask_x.png")
+
+
+def test_training_validation_and_evaluate_list_the_same_samples(tmp_path):
+    _write_eval_folder(tmp_path)
+    hidden = tmp_path / ".ipynb_checkpoints"  # skipped, as by LaMa's glob
+    hidden.mkdir()
+    Image.fromarray(GOOD[:64, :64]).save(hidden / "img1_crop000.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(hidden / "img1_crop000_mask000.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / ".img1_crop000_mask002.png")
+    listed = [(s.image, s.mask) for s in evaluate.list_samples(str(tmp_path), str(tmp_path / "out"))]
+    assert listed == sources.EvalFolderSource(tmp_path).pairs
+    assert len(listed) == 3
 
 
 def test_eval_folder_errors(tmp_path):

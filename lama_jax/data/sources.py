@@ -83,17 +83,28 @@ class ImageFolderSource:
         return record
 
 
-def mask_image_path(mask_path: pathlib.Path, img_suffix: str = ".png") -> pathlib.Path:
-    """LaMa's pairing rule: cut the mask name at its last ``_mask`` and add ``img_suffix``."""
-    stem = mask_path.name
-    cut = stem.rfind("_mask")
-    if cut < 0:
-        raise ValueError(f"mask file {mask_path} has no '_mask' in its name")
-    return mask_path.with_name(stem[:cut] + img_suffix)
+def list_eval_masks(root: str | os.PathLike, suffix: str = ".png") -> list[str]:
+    """Every ``*mask*<suffix>`` under `root`, recursive and sorted; hidden folders and files are skipped,
+    as by LaMa's recursive glob. Raises FileNotFoundError naming `root` when there are none."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{str(root)!r} is not a directory")
+    masks = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        masks.extend(os.path.join(folder, f) for f in files
+                     if "mask" in f and f.endswith(suffix) and not f.startswith("."))
+    if not masks:
+        raise FileNotFoundError(f"no '*mask*{suffix}' files under {str(root)!r}")
+    return sorted(masks)
+
+
+def mask_image_path(mask_path: str | os.PathLike, img_suffix: str = ".png") -> pathlib.Path:
+    """LaMa's pairing rule: the mask's path cut at its last ``_mask``, plus ``img_suffix``."""
+    return pathlib.Path(str(mask_path).rsplit("_mask", 1)[0] + img_suffix)
 
 
 class EvalFolderSource:
-    """A LaMa evaluation folder: every ``*mask*.png`` (recursive, sorted) with its image.
+    """A LaMa evaluation folder: every ``*mask*.png`` of `list_eval_masks` with its image.
 
     Records: ``{"image": bytes, "mask": bytes, "name": mask path relative to the
     folder, without extension}``. A mask whose image is missing is an error here,
@@ -101,15 +112,9 @@ class EvalFolderSource:
     """
 
     def __init__(self, root: str | os.PathLike, *, img_suffix: str = ".png"):
-        root = pathlib.Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"evaluation folder {root} does not exist or is not a folder")
         self.root = str(root)
-        mask_paths = sorted(p for p in root.rglob("*mask*.png") if p.is_file())
-        if not mask_paths:
-            raise FileNotFoundError(f"no '*mask*.png' files under evaluation folder {root}")
         self.pairs = []
-        for mask_path in mask_paths:
+        for mask_path in list_eval_masks(root):
             image_path = mask_image_path(mask_path, img_suffix)
             if not image_path.is_file():
                 raise FileNotFoundError(f"mask {mask_path} has no image: expected {image_path}")
