@@ -22,7 +22,7 @@ a lock because one inpaint already uses every CPU core.
 
 The Refine checkbox runs LaMa's multi-scale feature refinement
 (``lama_jax.refinement``) through `refinement_for`, the demo's only coupling
-to it; the page hides the option when the module is absent.
+to it; the page hides the option when the app has no refinement.
 
 Model: ``Inpainter`` pads to a multiple of 8 and keeps one jit compilation
 per padded size, so the first inpaint at a new size includes compiling and
@@ -50,7 +50,6 @@ import email.policy
 import http
 import http.server
 import importlib.resources
-import importlib.util
 import io
 import ipaddress
 import json
@@ -70,7 +69,7 @@ from PIL import Image, ImageOps
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 INPAINT_PATH = "/api/inpaint"
-MIN_SIDE = 16  # the generator's bottleneck is 1/8 of the input
+MIN_SIDE = 16  # = inference.MIN_SIDE, not imported so that the page serves before any JAX import
 
 NO_WEIGHTS_MESSAGE = (
     "No trained weights are loaded, so this page cannot inpaint. Get the official Big LaMa weights "
@@ -125,10 +124,8 @@ class Refinement:
     compiled_shapes: Callable[[], int]
 
 
-def refinement_for(inpainter) -> Optional[Refinement]:
-    """The one coupling to `lama_jax.refinement`; None when this install lacks it."""
-    if importlib.util.find_spec("lama_jax.refinement") is None:
-        return None
+def refinement_for(inpainter) -> Refinement:
+    """The one coupling to `lama_jax.refinement` (imported here: the page serves before any model code loads)."""
     from lama_jax.refinement import Refiner
 
     refiner = Refiner.from_inpainter(inpainter)
@@ -264,7 +261,7 @@ class DemoApp:
         elif self.inpainter is None:
             refine_note = "Refinement needs trained weights."
         else:
-            refine_note = "Refinement is not available in this version of lama_jax (no lama_jax.refinement)."
+            refine_note = "Refinement is not available in this demo."
         return {
             "model_loaded": self.inpainter is not None,
             "model": self.model_description,

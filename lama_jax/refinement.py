@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from lama_jax.inference import blend, model_input
+from lama_jax.inference import MIN_SIDE, blend, model_input
 
 BINARY_EPS = 1e-8  # the reference's threshold for "this pixel is (partly) a hole"
 EROSION_SIZE = 15  # elliptical structuring element of the reference-consistency mask
@@ -286,10 +286,10 @@ class Refiner:
         mask = mask.reshape(image.shape[:3] + (1,))
         mask = (mask > 0).astype(np.float32)
         pyramid = image_mask_pyramid(image, mask, self.options)
-        if min(pyramid[0][0].shape[1:3]) < 16:
+        if min(pyramid[0][0].shape[1:3]) < MIN_SIDE:
             raise ValueError(
-                f"Refiner: the coarsest level is {pyramid[0][0].shape[1:3]}, below 16 px (the bottleneck is 1/8); "
-                f"raise min_side ({self.options.min_side}) or use a larger image"
+                f"Refiner: the coarsest level is {pyramid[0][0].shape[1:3]}, below {MIN_SIDE} px "
+                f"(the bottleneck is 1/8); raise min_side ({self.options.min_side}) or use a larger image"
             )
         levels = []
         inpainted = None

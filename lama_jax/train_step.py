@@ -72,8 +72,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lama_jax import losses
-from lama_jax.models import ResNet50Dilated, build_discriminator, build_generator
+from lama_jax import inference, losses
+from lama_jax.models import ResNet50Dilated, build_discriminator, build_generator, compute_dtype
 
 DATA_AXIS = "data"
 # Spatial size used only to trace parameter shapes at init; every network is fully convolutional.
@@ -138,10 +138,6 @@ def _optimizer_pair(settings: Tuple[float, ...]):
 
 # ---------------------------------------------------------------------------------------------
 # Train state
-
-
-def _dtype(config):
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.train.compute_dtype]
 
 
 def _as_key(rng: jax.Array) -> jax.Array:
@@ -271,7 +267,7 @@ class LamaSteps:
         return cls(
             generator=build_generator(config.model.generator, bn_groups=bn_groups, dtype=dtype),
             discriminator=build_discriminator(config.model.discriminator, bn_groups=bn_groups, dtype=dtype),
-            resnet_pl=ResNet50Dilated(dtype=_dtype(config)),
+            resnet_pl=ResNet50Dilated(dtype=compute_dtype(config.train.compute_dtype)),
             loss_config=config.losses.to_dict(),
             step_mode=config.train.step_mode,
             bn_groups=bn_groups,
@@ -286,8 +282,7 @@ class LamaSteps:
     def generator_forward(self, g_vars, batch, rngs):
         """Train-mode G on `image * (1 - mask)` and the mask: (prediction, G's new batch_stats)."""
         image, mask = batch["image"], batch["mask"]
-        x = jnp.concatenate([image * (1.0 - mask), mask], axis=-1)
-        return _apply_train(self.generator, g_vars, x, rngs)
+        return _apply_train(self.generator, g_vars, inference.model_input(image, mask), rngs)
 
     def generator_loss(self, g_params, state: TrainState, batch, rngs):
         """Returns (total, (terms, prediction, G batch_stats, D batch_stats)); only G is differentiated.
@@ -459,9 +454,8 @@ def make_predict_fn(config, mesh: Mesh):
 
     def predict(g_vars, batch):
         image, mask = batch["image"], (batch["mask"] > 0).astype(jnp.float32)
-        x = jnp.concatenate([image * (1.0 - mask), mask], axis=-1)
-        predicted = generator.apply({"params": g_vars["params"], "batch_stats": g_vars["batch_stats"]}, x,
-                                    train=False)
-        return {"predicted_image": predicted, "inpainted": mask * predicted + (1.0 - mask) * image}
+        predicted = generator.apply({"params": g_vars["params"], "batch_stats": g_vars["batch_stats"]},
+                                    inference.model_input(image, mask), train=False)
+        return {"predicted_image": predicted, "inpainted": inference.blend(predicted, image, mask)}
 
     return jax.jit(predict, in_shardings=(replicated, batch_sharding), out_shardings=batch_sharding)

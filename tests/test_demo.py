@@ -258,7 +258,6 @@ def test_refine_checkbox_goes_through_the_refinement_and_its_pixel_budget(app):
 
 
 def test_refinement_for_wraps_lama_jax_refinement(app):
-    pytest.importorskip("lama_jax.refinement", reason="lama_jax.refinement is not part of this checkout")
     refinement = demo.refinement_for(app.inpainter)
     rgb = np.asarray(Image.open(PHOTO).convert("RGB").resize((96, 64)))
     hole = np.zeros((64, 96), bool)

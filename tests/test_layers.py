@@ -59,3 +59,18 @@ def test_padded_and_cropped_convolution_equals_xla(strides, padding):
         kernel = rng.normal(size=(size, size, 3, 4)).astype(np.float32)
         expected = reference_conv(x, kernel, strides, padding)
         np.testing.assert_allclose(layers._xla_conv(x, kernel, strides, padding), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_each_platform_of_an_export_gets_its_own_convolution_path():
+    """A 1x1 convolution is a matrix product on CPU and XLA's convolution elsewhere, whichever
+    machine exports: the choice is made per platform in the lowered program."""
+    x, kernel = jnp.ones((1, 8, 8, 4)), jnp.ones((1, 1, 4, 5))
+
+    def lowered_ops(platform):
+        exported = jax.export.export(jax.jit(layers.conv2d), platforms=(platform,))(x, kernel)
+        text = exported.mlir_module()
+        return "stablehlo.convolution" in text, "stablehlo.dot_general" in text
+
+    assert lowered_ops("cpu") == (False, True)
+    assert lowered_ops("cuda") == (True, False)
+    assert lowered_ops("tpu") == (True, False)

@@ -243,8 +243,7 @@ def distortions(rng: np.random.Generator, image: np.ndarray, out_size: int,
     return photometric_jitter(rng, warped), warped_labels
 
 
-def resize_short_side(image: np.ndarray, size: int, *, nearest: bool = False,
-                      upscale: int = cv2.INTER_CUBIC) -> np.ndarray:
+def resize_short_side(image: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:
     """Resizes so that the shorter side is ``size`` (aspect kept, new side = round(side · factor))."""
     height, width = image.shape[:2]
     factor = size / min(height, width)
@@ -254,7 +253,7 @@ def resize_short_side(image: np.ndarray, size: int, *, nearest: bool = False,
     if nearest:
         interpolation = cv2.INTER_NEAREST
     else:
-        interpolation = cv2.INTER_AREA if factor < 1 else upscale
+        interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC
     return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
 
 

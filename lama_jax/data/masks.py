@@ -357,9 +357,6 @@ _REGISTRY: dict[str, tuple[Callable[..., MaskGenerator], dict[str, Any]]] = {
     "segmentation": (SegmentationMaskGenerator, {}),
 }
 
-EVAL_PRESETS = ("thin_256", "medium_256", "thick_256", "thin_512", "medium_512", "thick_512")
-
-
 def names() -> tuple[str, ...]:
     """The registered mask preset names."""
     return tuple(_REGISTRY)

@@ -8,7 +8,8 @@ from lama_jax.models.resnet import ResNet50Dilated
 import jax.numpy as jnp
 
 
-def _dtype(name):
+def compute_dtype(name: str):
+    """"float32" | "bfloat16" -> the jnp dtype layers compute in."""
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
@@ -20,18 +21,19 @@ def build_generator(cfg, *, bn_groups: int = 1, dtype: str = "float32",
     """
     return FFCResNetGenerator(
         ngf=cfg["ngf"], n_downsampling=cfg["n_downsampling"], n_blocks=cfg["n_blocks"],
-        ratio=cfg["ratio"], enable_lfu=cfg["enable_lfu"], bn_groups=bn_groups, dtype=_dtype(dtype),
+        ratio=cfg["ratio"], enable_lfu=cfg["enable_lfu"], bn_groups=bn_groups, dtype=compute_dtype(dtype),
         fft_impl=fft_impl,
     )
 
 
 def build_discriminator(cfg, *, bn_groups: int = 1, dtype: str = "float32") -> NLayerDiscriminator:
     """`cfg`: a mapping with ndf and n_layers (config.model.discriminator)."""
-    return NLayerDiscriminator(ndf=cfg["ndf"], n_layers=cfg["n_layers"], bn_groups=bn_groups, dtype=_dtype(dtype))
+    return NLayerDiscriminator(ndf=cfg["ndf"], n_layers=cfg["n_layers"], bn_groups=bn_groups,
+                               dtype=compute_dtype(dtype))
 
 
 __all__ = [
     "BatchNorm", "Conv2d", "ConvTranspose2d", "FFC", "FFCBnAct", "FFCResNetGenerator", "FFCResnetBlock",
     "FourierUnit", "NLayerDiscriminator", "ResNet50Dilated", "SpectralTransform",
-    "build_discriminator", "build_generator",
+    "build_discriminator", "build_generator", "compute_dtype",
 ]

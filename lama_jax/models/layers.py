@@ -160,10 +160,46 @@ _odd_conv_stride2.defvjp(_odd_conv_stride2_fwd, _odd_conv_stride2_bwd)
 
 def conv2d(x: jax.Array, kernel: jax.Array, strides: int = 1, padding: Padding = ((0, 0), (0, 0)),
            dilation: int = 1) -> jax.Array:
-    """NHWC/HWIO convolution with zero `padding`; on CPU with fast gradients (see above)."""
-    if jax.default_backend() != "cpu" or dilation != 1 or strides not in (1, 2):
-        return jax.lax.conv_general_dilated(x, kernel, (strides, strides), padding,
-                                            rhs_dilation=(dilation, dilation), dimension_numbers=_NHWC)
+    """NHWC/HWIO convolution with zero `padding`; on CPU with fast gradients (see above).
+
+    The path is chosen per platform when the program is lowered, so an artifact
+    exported for several platforms carries each its own.
+    """
+    if dilation != 1 or strides not in (1, 2):
+        return _xla_default_conv(x, kernel, strides, padding, dilation)
+    return _per_platform_conv(x, kernel, strides, padding)
+
+
+def _xla_default_conv(x, kernel, strides, padding, dilation=1):
+    return jax.lax.conv_general_dilated(x, kernel, (strides, strides), padding,
+                                        rhs_dilation=(dilation, dilation), dimension_numbers=_NHWC)
+
+
+# Differentiating `platform_dependent` itself (a switch) made XLA:CPU's gradients 10x slower;
+# behind a custom VJP each direction is a switch of its own, resolved when lowered.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _per_platform_conv(x, kernel, strides, padding):
+    return jax.lax.platform_dependent(x, kernel, cpu=functools.partial(_cpu_conv, strides=strides, padding=padding),
+                                      default=functools.partial(_xla_default_conv, strides=strides, padding=padding))
+
+
+def _per_platform_conv_fwd(x, kernel, strides, padding):
+    return _per_platform_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _per_platform_conv_bwd(strides, padding, residuals, dy):
+    def pullback(conv):
+        def apply(x, kernel, dy):
+            return jax.vjp(functools.partial(conv, strides=strides, padding=padding), x, kernel)[1](dy)
+        return apply
+
+    return jax.lax.platform_dependent(*residuals, dy, cpu=pullback(_cpu_conv), default=pullback(_xla_default_conv))
+
+
+_per_platform_conv.defvjp(_per_platform_conv_fwd, _per_platform_conv_bwd)
+
+
+def _cpu_conv(x: jax.Array, kernel: jax.Array, strides: int, padding: Padding) -> jax.Array:
     if strides == 1:
         return _conv_stride1(x, kernel, padding)
     x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
