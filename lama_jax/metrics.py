@@ -179,6 +179,14 @@ def _fid_rel(fid: float) -> float:
     return max(0.0, FID_SCALE - fid) / FID_SCALE
 
 
+def report_totals(metrics) -> tuple[str, ...]:
+    """The names a report's "total" holds for `metrics`: each metric, plus the FID F1 scores that FID enables."""
+    names = tuple(metrics)
+    if "fid" in names:
+        names += tuple(f"{name}_fid100_f1" for name in ("ssim", "lpips") if name in names)
+    return names
+
+
 def ssim_fid100_f1(ssim_mean: float, fid: float) -> float:
     """Harmonic-mean score of SSIM and (100 - FID)/100; the training checkpoint monitor."""
     fid_rel = _fid_rel(fid)

@@ -56,6 +56,7 @@ from ml_collections import config_flags
 
 from lama_jax import checkpoint as model_checkpoint
 from lama_jax import evaluate as evaluate_lib
+from lama_jax import metrics as metrics_lib
 from lama_jax import train_checkpoint
 from lama_jax import train_step
 from lama_jax.data import pipeline
@@ -85,6 +86,19 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         if value <= 0 or value % num_devices:
             raise TrainingError(f"config.{key} = {value} must be a positive multiple of the "
                                 f"{num_devices} devices the batch is split over")
+    try:
+        train_step.validate_config(config)
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
+    # Checked here rather than at the first validation, possibly hours into the run.
+    totals = metrics_lib.report_totals(config.eval.metrics)
+    if config.eval.best_metric not in totals:
+        raise TrainingError(f"config.eval.best_metric = {config.eval.best_metric!r} is not among the validation "
+                            f"results {list(totals)} of config.eval.metrics")
+    if config.eval.best_mode not in ("max", "min"):
+        raise TrainingError(f"config.eval.best_mode must be 'max' or 'min', got {config.eval.best_mode!r}")
+    if config.keep_checkpoints < 1:
+        raise TrainingError(f"config.keep_checkpoints must be at least 1, got {config.keep_checkpoints}")
 
 
 def _resnet_pl_variables(config: ml_collections.ConfigDict, init_networks: Mapping[str, Any]):

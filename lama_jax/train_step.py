@@ -90,7 +90,8 @@ _CHOICES = {
 }
 
 
-def _validate(config) -> None:
+def validate_config(config) -> None:
+    """Raises ValueError naming a config.train/losses choice that is not one of the supported values."""
     for (section, key), allowed in _CHOICES.items():
         value = config[section][key]
         if value not in allowed:
@@ -206,7 +207,7 @@ def create_train_state(config, rng: jax.Array, *, resnet_pl_variables=None, gene
     smoke tests and speed measurements. With `mesh` the state is created
     replicated on it.
     """
-    _validate(config)
+    validate_config(config)
     train_key, init_key = jax.random.split(_as_key(rng))
     keys = (train_key, *jax.random.split(_initializer_key(init_key), 3))
     use_resnet_pl = config.losses.resnet_pl_weight > 0
@@ -261,7 +262,7 @@ class LamaSteps:
     @classmethod
     def from_config(cls, config, *, bn_groups: int = 1) -> "LamaSteps":
         """`bn_groups`: BatchNorm statistic groups along the batch (1 = global statistics)."""
-        _validate(config)
+        validate_config(config)
         dtype = config.train.compute_dtype
         g_tx, d_tx = make_optimizers(config)
         return cls(

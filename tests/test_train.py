@@ -276,6 +276,19 @@ def test_missing_perceptual_encoder_says_how_to_convert_it(tmp_path):
     assert "python -m lama_jax.convert --network resnet_pl" in message
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"eval.best_metric": "ssmi"}, r"best_metric = 'ssmi' is not among the validation results \['ssim', 'psnr', 'l1'\]"),
+    ({"eval.metrics": ("ssim", "fid"), "eval.best_metric": "lpips_fid100_f1"},
+     r"\['ssim', 'fid', 'ssim_fid100_f1'\]"),
+    ({"eval.best_mode": "maximum"}, "best_mode must be 'max' or 'min', got 'maximum'"),
+    ({"train.batch_norm": "sync"}, r"config.train.batch_norm = 'sync'; expected one of"),
+])
+def test_config_mistakes_stop_the_run_before_any_work(tmp_path, overrides, message):
+    with pytest.raises(train.TrainingError, match=message):
+        train.train_and_evaluate(small_config(**overrides), str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_configs_spell_out_every_data_field_and_launch_command():
     from lama_jax.data import pipeline
     from configs import big_lama, lama_fourier
