@@ -35,6 +35,7 @@ from absl import flags
 
 from lama_jax.data import augment
 from lama_jax.data import masks
+from lama_jax.configs import common
 from lama_jax.data import pipeline
 from lama_jax.data import samples
 
@@ -91,7 +92,7 @@ def bench_masks() -> dict[str, float]:
 
 
 def _data_config(images: str, num_workers: int, read_threads: int):
-    config = pipeline.default_data_config()
+    config = common.data_config()
     config.source, config.train_dir = "folder", images
     config.num_workers = num_workers
     config.read_threads = read_threads

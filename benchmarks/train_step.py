@@ -34,15 +34,12 @@ import statistics
 import sys
 import time
 
-# The experiment configs live in the repository's configs/ package, next to this folder.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import big_lama
 from lama_jax import train_step
+from lama_jax.configs import big_lama
 
 REFERENCE_CPU_STEP_S = 8.36
 # Dense tensor-core peak TFLOP/s per compute dtype (vendor datasheets, SXM parts). JAX runs float32

@@ -1,26 +1,48 @@
-"""Loads `get_config()` files (`configs/<name>.py[:arg]`), the one place configs are read.
+"""Finds and loads `get_config()` files, the one place configs are read.
 
-`python -m lama_jax.train` uses ml_collections' config flags (which also take
-`--config.key=value` overrides); the other command-line tools call
-`load_config`, which follows the same `path[:arg]` convention.
+A config spec is `PATH[:arg]` or `NAME[:arg]`: PATH is any config file (for
+example `configs/big_lama.py` in a checkout, where `configs/` links to
+`lama_jax/configs/`), NAME one of the configs installed with the package
+(`big_lama`, `lama_fourier`, `tiny`), so `--config tiny` works from any
+directory. `arg` is passed to `get_config(arg)`.
+
+`python -m lama_jax.train` reads its config through ml_collections' config
+flags (which also take `--config.key=value` overrides) after `resolve_spec`
+has turned a name into the installed file; the other command-line tools call
+`load_config`.
 """
 
 import importlib.util
 import pathlib
-import sys
 
 import ml_collections
 
+PACKAGED_DIR = pathlib.Path(__file__).resolve().parent / "configs"
+
+
+def packaged_names() -> list[str]:
+    """Names of the experiment configs shipped in `lama_jax/configs/`."""
+    return sorted(p.stem for p in PACKAGED_DIR.glob("*.py") if not p.stem.startswith("_") and p.stem != "common")
+
+
+def resolve_spec(spec: str) -> str:
+    """`PATH[:arg]` with PATH an existing file; a packaged config's NAME becomes its installed path."""
+    path_text, sep, arg = spec.partition(":")
+    path = pathlib.Path(path_text)
+    if path.is_file():
+        return spec
+    name = path_text[:-3] if path_text.endswith(".py") else path_text
+    if "/" not in name and name in packaged_names():
+        return str(PACKAGED_DIR / f"{name}.py") + sep + arg
+    raise FileNotFoundError(
+        f"config {path_text!r} is neither a file nor a packaged config "
+        f"(packaged: {', '.join(packaged_names())}; or a path such as lama_jax/configs/tiny.py)")
+
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    path_text, _, arg = spec.partition(":")
+    """The locked ConfigDict that `get_config([arg])` of the file or packaged config returns."""
+    path_text, _, arg = resolve_spec(spec).partition(":")
     path = pathlib.Path(path_text)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist (expected e.g. configs/big_lama.py)")
-    # Configs import their shared defaults as `configs.common`, relative to the repository root.
-    root = str(path.absolute().parent.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
     module_spec = importlib.util.spec_from_file_location(f"_lama_config_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

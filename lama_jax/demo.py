@@ -137,13 +137,10 @@ def refinement_for(inpainter) -> Refinement:
 
 
 def sample_photos() -> Dict[str, pathlib.Path]:
-    """The bundled sample photos by file name; empty when the install has no data/samples/."""
+    """The sample photos shipped in the package, by file name."""
     from lama_jax.data.samples import sample_photo_paths
 
-    try:
-        return {path.name: path for path in sample_photo_paths()}
-    except FileNotFoundError:
-        return {}
+    return {path.name: path for path in sample_photo_paths()}
 
 
 def _pixel_count(pixels: int) -> str:

@@ -523,7 +523,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Dict[str, 
 # Command line
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config: configs/<name>.py[:arg]; override keys with --config.key=value.",
+    "config", None, "Experiment config: a packaged name (big_lama, lama_fourier, tiny) or a file, "
+    "e.g. configs/big_lama.py, optionally :arg; override keys with --config.key=value.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, TensorBoard logs. "
                                 "With several hosts, a folder every host sees (NFS, a gcsfuse mount).")
@@ -568,8 +569,25 @@ def _unknown_override(argv) -> Optional[str]:
     return None
 
 
+def _resolve_config_flag(argv):
+    """argv with a packaged config's name after --config (e.g. `tiny`) replaced by its installed path."""
+    from lama_jax.config_loader import resolve_spec  # pylint: disable=g-import-not-at-top
+
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        try:
+            if arg.startswith("--config="):
+                argv[i] = "--config=" + resolve_spec(arg.split("=", 1)[1])
+            elif arg == "--config" and i + 1 < len(argv):
+                argv[i + 1] = resolve_spec(argv[i + 1])
+        except FileNotFoundError as e:
+            raise flags.IllegalFlagValueError(f"--config: {e}") from None
+    return argv
+
+
 def parse_flags(argv):
     """absl flag parsing that reports an unknown config key by name instead of a traceback."""
+    argv = _resolve_config_flag(argv)
     try:
         return flags.FLAGS(argv)
     except AttributeError as e:  # ml_collections' locked config rejects a new key this way
@@ -598,13 +616,5 @@ def main(argv) -> None:
         sys.exit(f"error: {e}")
 
 
-def _make_configs_importable() -> None:
-    """Config files import `configs.common`; it lives next to the lama_jax package in a checkout."""
-    root = pathlib.Path(__file__).resolve().parents[1]
-    if (root / "configs").is_dir() and str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-
-
 if __name__ == "__main__":
-    _make_configs_importable()
     app.run(main, flags_parser=parse_flags)

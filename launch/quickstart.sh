@@ -1,31 +1,23 @@
 #!/usr/bin/env bash
 # From a fresh clone to a trained tiny LaMa and inpainted sample photos, on CPU, in a few minutes:
-#   ./launch/quickstart.sh                 # 300 steps of configs/tiny.py into workdirs/quickstart
+#   ./launch/quickstart.sh                 # 300 steps of the tiny config into workdirs/quickstart
 #   STEPS=1000 ./launch/quickstart.sh      # train longer (a rerun resumes where the last one stopped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON="${PYTHON:-python3}"
+source launch/python_env.sh
 WORKDIR="${WORKDIR:-workdirs/quickstart}"
 STEPS="${STEPS:-300}"
 started=$(date +%s)
 
-# 1. Environment: ./.venv with lama_jax installed in editable mode (no torch, no test extras).
-if [[ ! -x .venv/bin/python ]]; then
-  "$PYTHON" -m venv .venv
-fi
-stamp=.venv/.lama_jax_quickstart_installed
-if [[ ! -f "$stamp" || setup.cfg -nt "$stamp" || pyproject.toml -nt "$stamp" ]]; then
-  echo "== installing lama_jax into .venv"
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e .
-  touch "$stamp"
-fi
-PY=.venv/bin/python
+# 1. Environment: ./.venv on the newest supported Python, lama_jax installed in editable mode
+#    (no torch, no test extras).
+ensure_venv . quickstart_installed
+PY="$VENV/bin/python"
 
 # 2. Train the tiny config on the built-in sample photos (resumes if $WORKDIR has a checkpoint).
-echo "== training configs/tiny.py for $STEPS steps in $WORKDIR"
-JAX_PLATFORMS=cpu "$PY" -m lama_jax.train --config configs/tiny.py --workdir "$WORKDIR" \
+echo "== training the tiny config (lama_jax/configs/tiny.py) for $STEPS steps in $WORKDIR"
+JAX_PLATFORMS=cpu "$PY" -m lama_jax.train --config tiny --workdir "$WORKDIR" \
   --config.total_steps="$STEPS"
 
 # 3. Export the generator: a model checkpoint plus a StableHLO artifact for CPU (any image size).

@@ -8,7 +8,7 @@ from lama_jax import checkpoint, convert
 from lama_jax.inference import Inpainter, pad_to_modulo
 
 SMALL_CONFIG = """
-from configs.common import lama_config
+from lama_jax.configs.common import lama_config
 
 def get_config(arg=None):
     config = lama_config()
@@ -25,10 +25,8 @@ def fixture_state_dict(fixtures_dir, name):
 
 @pytest.fixture()
 def small_config(tmp_path):
-    path = tmp_path / "configs" / "small.py"
-    path.parent.mkdir()
+    path = tmp_path / "small.py"
     path.write_text(SMALL_CONFIG)
-    (tmp_path / "configs" / "common.py").write_text(open("configs/common.py").read())
     return path
 
 

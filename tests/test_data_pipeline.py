@@ -9,13 +9,14 @@ import pytest
 from PIL import Image
 
 from lama_jax.data import gen_masks
+from lama_jax.configs import common
 from lama_jax.data import pipeline
 from lama_jax.data import samples
 from test_data_sources import BAD_FILES, write_image_zoo  # pylint: disable=g-bad-import-order
 
 
 def _config(**changes):
-    config = pipeline.default_data_config()
+    config = common.data_config()
     config.update(changes)
     return config
 
@@ -33,7 +34,7 @@ def _assert_same_batches(a, b):
 
 
 def test_default_config_keys():
-    config = pipeline.default_data_config()
+    config = common.data_config()
     for key in ("source", "train_dir", "tfds_name", "tfds_split", "tfds_data_dir", "transform", "crop_size",
                 "mask", "mask_overrides", "num_workers", "eval_dir", "eval_size", "eval_mask"):
         assert key in config, key

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
+from lama_jax.configs import tiny
 from lama_jax import export, train_checkpoint
 from lama_jax.inference import Inpainter
 from lama_jax.models import build_generator

@@ -256,7 +256,7 @@ def count_params(module, shape):
 def test_generator_parameter_counts(config_name, expected):
     import importlib
 
-    config = importlib.import_module(f"configs.{config_name}").get_config()
+    config = importlib.import_module(f"lama_jax.configs.{config_name}").get_config()
     assert count_params(build_generator(config.model.generator), (1, 64, 64, 4)) == expected
 
 

@@ -137,7 +137,9 @@ def test_single_image_mode_and_refine_flags(small_checkpoint, inpainter, tmp_pat
     args = ["--checkpoint", small_checkpoint, "--image", image_path, "--mask", mask_path]
     assert predict.main(args + ["--output", result_png]) == 0
     expected = predict.to_uint8(inpainter(image[None], mask[None])[0])
-    np.testing.assert_array_equal(_load(result_png), expected)
+    # The CLI's program and this direct call are compiled separately; float rounding may differ by
+    # an ulp, which can flip the rounding of a pixel to uint8.
+    np.testing.assert_allclose(_load(result_png), expected, rtol=0, atol=1)
 
     # Into a folder, refined on two levels (32 and 64 px) with 2 iterations each.
     runs = []

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
+from lama_jax.configs import tiny
 from lama_jax import checkpoint, convert, export, train, train_checkpoint, train_step
 from lama_jax.inference import Inpainter
 
@@ -290,12 +290,11 @@ def test_config_mistakes_stop_the_run_before_any_work(tmp_path, overrides, messa
 
 
 def test_configs_spell_out_every_data_field_and_launch_command():
-    from lama_jax.data import pipeline
-    from configs import big_lama, lama_fourier
+    from lama_jax.configs import big_lama, common, lama_fourier
 
     for module in (tiny, big_lama, lama_fourier):
         config = module.get_config()
-        assert set(config.data.keys()) == set(pipeline.default_data_config().keys()), module.__name__
+        assert set(config.data.keys()) == set(common.data_config().keys()), module.__name__
         assert f"--config configs/{module.__name__.split('.')[-1]}.py" in module.__doc__
         for key in ("total_steps", "log_every_steps", "checkpoint_every_steps", "eval_every_steps", "seed",
                     "init_from"):

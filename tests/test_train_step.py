@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 import resnet_recipe
-from configs import tiny
+from lama_jax.configs import tiny
 from lama_jax import convert, train_step
 from lama_jax.models import build_discriminator
 

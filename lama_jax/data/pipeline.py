@@ -38,7 +38,6 @@ import grain
 import ml_collections
 import numpy as np
 from absl import logging
-from ml_collections import config_dict
 
 from lama_jax.data import augment
 from lama_jax.data import gen_masks
@@ -49,31 +48,6 @@ from lama_jax.data import sources
 
 DEFAULT_MAX_BAD_IN_A_ROW = 64
 _MIN_SHUFFLE_DOMAIN = 4096
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-    """The data section of a training config; configs/*.py copy these fields."""
-    config = ml_collections.ConfigDict()
-    # "samples" (built-in photos) | "folder" (train_dir) | "tfds" | "synthetic" (no files).
-    config.source = "samples"
-    config.train_dir = config_dict.placeholder(str)
-    config.segm_dir = config_dict.placeholder(str)  # label PNGs mirroring train_dir, for segmentation masks
-    config.tfds_name = "places365_small"
-    config.tfds_split = "train"
-    config.tfds_data_dir = config_dict.placeholder(str)
-    config.synthetic_records = 64
-    config.transform = "distortions"  # "distortions" (LaMa's) | "plain" (resize, crop, flip)
-    config.crop_size = 256
-    config.mask = "train_mixed"  # any lama_jax.data.masks preset name
-    config.mask_overrides = {}  # keyword overrides for masks.get(mask, ...)
-    config.num_workers = 0  # grain mp_prefetch worker processes; 0 = in the training process
-    config.read_threads = 2  # threads per process running the per-record transform (OpenCV frees the GIL)
-    config.max_bad_in_a_row = DEFAULT_MAX_BAD_IN_A_ROW
-    config.eval_dir = config_dict.placeholder(str)  # LaMa evaluation folder; None = built-in samples
-    config.eval_size = 256
-    config.eval_mask = "thick_256"  # preset for the built-in samples' frozen masks
-    config.eval_seed = 0
-    return config
 
 
 class NoReadableImageError(RuntimeError):

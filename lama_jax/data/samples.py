@@ -1,9 +1,9 @@
-"""The built-in sample photos (data/samples/), the zero-download default data set.
+"""The built-in sample photos, the zero-download default data set.
 
-Six public-domain / CC0 photos (see data/samples/LICENSE.md) ship with the
-repository so that training smoke runs, evaluation and the pipeline benchmark
-work without any download. They are located relative to the source tree
-(``lama_jax/../data/samples``), which is where an editable install finds them.
+Six public-domain / CC0 photos (see ``lama_jax/data/sample_photos/LICENSE.md``; the
+checkout's ``data/samples`` links there) ship inside the package, so training
+smoke runs, evaluation and the pipeline benchmark work without any download,
+from a checkout or from an installed wheel alike.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import pathlib
 
 from lama_jax.data import images
 
-SAMPLES_DIR = pathlib.Path(__file__).resolve().parents[2] / "data" / "samples"
+SAMPLES_DIR = pathlib.Path(__file__).resolve().parent / "sample_photos"
 
 
 def samples_dir() -> pathlib.Path:
     """The folder holding the sample photos; a clear error when it is missing."""
     if not SAMPLES_DIR.is_dir():
         raise FileNotFoundError(
-            f"built-in sample photos not found at {SAMPLES_DIR}; they ship in the repository's "
-            "data/samples/ folder, so install lama_jax from a checkout (pip install -e .) "
-            "or point data_config.source='folder' / train_dir at your own images")
+            f"built-in sample photos not found at {SAMPLES_DIR}: this lama_jax installation is "
+            "incomplete (reinstall it), or point config.data.source='folder' and train_dir at your "
+            "own images")
     return SAMPLES_DIR
 
 

@@ -20,7 +20,7 @@ REFERENCE_BATCH_PER_DEVICE = 10
 
 
 def data_config() -> ml_collections.ConfigDict:
-    """The data section; the fields of `lama_jax.data.pipeline.default_data_config()`, spelled out."""
+    """The data section: every key `lama_jax.data.pipeline` reads, defined once, here."""
     return ml_collections.ConfigDict(dict(
         # "samples" (built-in photos) | "folder" (train_dir) | "tfds" | "synthetic" (no files).
         source="samples",
@@ -30,16 +30,18 @@ def data_config() -> ml_collections.ConfigDict:
         tfds_split="train",
         tfds_data_dir=config_dict.placeholder(str),
         synthetic_records=64,
-        # Reference §7.2: LaMa's "distortions" augmentations, then a crop_size crop.
+        # "distortions": LaMa's training augmentations (docs/parity.md, "Data"), then a
+        # crop_size crop; "plain": resize, crop and flip only.
         transform="distortions",
         crop_size=256,
-        # Reference §7.3: irregular strokes and boxes, each with probability 1/2.
+        # Any lama_jax.data.masks preset; train_mixed is LaMa's: irregular strokes and boxes,
+        # each with probability 1/2.
         mask="train_mixed",
         mask_overrides={},  # keyword overrides for lama_jax.data.masks.get(mask, ...)
         # Grain worker processes (0 = decode in the training process). The data iterator's
         # checkpointed state is tied to this number: keep it when resuming a run.
         num_workers=0,
-        read_threads=2,  # threads per process running the per-record transform
+        read_threads=2,  # threads per process running the per-record transform (OpenCV frees the GIL)
         max_bad_in_a_row=64,  # unreadable files in a row before the run stops
         eval_dir=config_dict.placeholder(str),  # LaMa evaluation folder; None = built-in samples
         eval_size=256,

@@ -12,7 +12,7 @@ Fine-tune the released model (converted with `python -m lama_jax.convert`):
 add --config.init_from=checkpoints/big_lama.
 """
 
-from configs.common import lama_config
+from lama_jax.configs.common import lama_config
 
 
 def get_config(arg=None):

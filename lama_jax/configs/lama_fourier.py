@@ -7,7 +7,7 @@ Places365-Standard train images in a folder:
         --config.data.train_dir=/data/places365_standard/train
 """
 
-from configs.common import REFERENCE_BATCH_PER_DEVICE, lama_config
+from lama_jax.configs.common import REFERENCE_BATCH_PER_DEVICE, lama_config
 
 
 def get_config(arg=None):

@@ -7,7 +7,7 @@ ADE20k encoder is not shipped); the masks are the training masks scaled down
 by 4 to fit the crops. It shows the whole pipeline working, not a useful model.
 """
 
-from configs.common import lama_config
+from lama_jax.configs.common import lama_config
 
 
 def get_config(arg=None):
