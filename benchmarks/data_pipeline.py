@@ -16,8 +16,8 @@ the built-in sample photos centre-cropped to 512x512 and saved as JPEG quality 9
 in a temporary folder. Rates are medians over ``--repeats`` runs (best run also
 given). Single-core rates are also given per CPU-second of this process
 (``*_cpu``), which is what a busy shared machine distorts least. The reference
-figures are upstream LaMa on the same machine type
-(/work/shared/notes/baseline-cpu.md).
+figures are upstream LaMa measured once on another 2-core machine of the
+development machine type, not in this run: compare ratios only with care.
 """
 
 import json
@@ -46,7 +46,7 @@ _SAMPLES = flags.DEFINE_integer("samples", 320, "training samples per repeat")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed repeats; the median is reported")
 _WORKERS = flags.DEFINE_integer("workers", 0, "worker processes for the multi-core figure (0: one per core)")
 
-# Upstream LaMa, one core, this machine type (baseline-cpu.md).
+# Upstream LaMa, one core, measured once on the development machine type (not this run).
 REFERENCE = {
     "masks_per_s": {"train_mixed": 2216, "thin_256": 308, "medium_256": 1073, "thick_256": 2348},
     "train_samples_per_s_core": 108,

@@ -4,7 +4,7 @@
 
 Batch 1, random weights (the values do not change the work), median of
 --repeats runs after one warm-up. Reference (PyTorch 2.13 CPU, 2 cores,
-shared/notes/baseline-cpu.md): 1.26 s eval 256², 5.0 s eval 512², 4.69 s fwd+bwd 256².
+measured once on another machine of that type): 1.26 s eval 256², 5.0 s eval 512², 4.69 s fwd+bwd 256².
 """
 
 import argparse

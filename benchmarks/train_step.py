@@ -22,7 +22,7 @@ gpu_bf16_img_s) and the model FLOP utilisation of both (mfu_fp32, mfu_bf16)
 against the device's dense peak (`--peak-tflops` overrides the table).
 
 The PyTorch reference on the same 2-core CPU takes 8.36 s per batch-1 step
-(G 6.35 s + D 2.01 s; /work/shared/notes/baseline-cpu.md).
+(G 6.35 s + D 2.01 s), measured once on another machine of that type.
 """
 
 import argparse

@@ -6,10 +6,10 @@ example `configs/big_lama.py` in a checkout, where `configs/` links to
 (`big_lama`, `lama_fourier`, `tiny`), so `--config tiny` works from any
 directory. `arg` is passed to `get_config(arg)`.
 
-`python -m lama_jax.train` reads its config through ml_collections' config
-flags (which also take `--config.key=value` overrides) after `resolve_spec`
-has turned a name into the installed file; the other command-line tools call
-`load_config`.
+`python -m lama_jax.train` and `python -m lama_jax.aot` read their config
+through ml_collections' config flags (which also take `--config.key=value`
+overrides) after `resolve_config_argv` has turned a name into the installed
+file; the other command-line tools call `load_config`.
 """
 
 import importlib.util
@@ -37,6 +37,17 @@ def resolve_spec(spec: str) -> str:
     raise FileNotFoundError(
         f"config {path_text!r} is neither a file nor a packaged config "
         f"(packaged: {', '.join(packaged_names())}; or a path such as lama_jax/configs/tiny.py)")
+
+
+def resolve_config_argv(argv: list[str]) -> list[str]:
+    """`argv` with the value of `--config` resolved by `resolve_spec`, for absl's config flags."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            argv[i] = "--config=" + resolve_spec(arg.split("=", 1)[1])
+        elif arg == "--config" and i + 1 < len(argv):
+            argv[i + 1] = resolve_spec(argv[i + 1])
+    return argv
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

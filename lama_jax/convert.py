@@ -10,7 +10,7 @@ executing pickled code, and writes a model checkpoint (`lama_jax.checkpoint`).
 
 The mapping walks the Flax variable tree and derives each leaf's PyTorch key
 from its path, so the reference's module names are the single source of
-truth; the layout rules are those of reference §3.4.
+truth; the layout rules are in docs/parity.md, "Checkpoint conversion".
 """
 
 import re

@@ -1,4 +1,4 @@
-"""LaMa's training losses (reference §5) as pure functions of arrays.
+"""LaMa's training losses (docs/parity.md, "Losses") as pure functions of arrays.
 
 Images are NHWC float32 in [0, 1]; masks are (B, H, W, 1) with 1 = hole.
 Every function returns the *unweighted* term; the train step multiplies by
@@ -32,7 +32,7 @@ def masked_l1(pred: jax.Array, target: jax.Array, mask: jax.Array, *, weight_kno
     """mean(|pred - target| * (weight_known * (1 - mask) + weight_missing * mask)).
 
     The mean runs over all B*H*W*3 elements, hole pixels included: the
-    reference does not renormalise by the number of known pixels (trap 8).
+    reference does not renormalise by the number of known pixels.
     """
     pixel_weights = weight_known * (1.0 - mask) + weight_missing * mask
     return jnp.mean(jnp.abs(pred - target) * pixel_weights)
@@ -49,7 +49,7 @@ def discriminator_real(real_logits: jax.Array) -> jax.Array:
 
 
 def torch_legacy_nearest_indices(in_size: int, out_size: int) -> np.ndarray:
-    """Source rows/columns of PyTorch's `F.interpolate(mode="nearest")` (trap 10).
+    """Source rows/columns of PyTorch's legacy `F.interpolate(mode="nearest")`.
 
     PyTorch picks floor(dst * (in / out)) computed in float32 (with shortcuts
     for equal and doubled sizes); `jax.image.resize` samples pixel centres and
@@ -100,7 +100,7 @@ def r1_penalty(real_logits_fn: Callable, real: jax.Array):
 
     `real_logits_fn(real) -> (logits, aux)`. Returns `(penalty, logits, aux)`
     where penalty = mean_b ||d sum(logits) / d real_b||^2, the gradient of the
-    sum of *all* real logits, squared L2 norm per sample over H*W*C (trap 9).
+    sum of *all* real logits, squared L2 norm per sample over H*W*C, batch mean.
     Differentiating the penalty again (as the D loss does) gives the
     reference's double backprop into the discriminator's parameters.
     """
@@ -129,7 +129,7 @@ def feature_matching(fake_features: Sequence[jax.Array], real_features: Sequence
 
 
 def perceptual_feature_loss(pred_features: Sequence[jax.Array], target_features: Sequence[jax.Array]) -> jax.Array:
-    """High-receptive-field perceptual loss: the *sum* of the per-layer MSEs (4 ResNet layers, trap 8)."""
+    """High-receptive-field perceptual loss: the *sum* (not the mean) of the per-layer MSEs (4 ResNet layers)."""
     return jnp.sum(mean_squared_errors(pred_features, target_features))
 
 
@@ -145,7 +145,7 @@ def resnet_pl_features(encoder: nn.Module, variables, images: jax.Array, *, batc
 
     `batch_stats=True` normalises with the statistics of this call's batch, as
     the reference does while training (its encoder is put back in train mode
-    by Lightning, trap 7); the running-statistic updates that causes are
+    by Lightning); the running-statistic updates that causes are
     discarded because the encoder is frozen. `groups` splits the batch into
     contiguous slices with separate statistics (per-device semantics).
     `batch_stats=False` uses the frozen running statistics.

@@ -3,7 +3,7 @@
     python -m lama_jax.predict --checkpoint DIR --input DIR --output DIR [--refine] [--batch-size 8]
     python -m lama_jax.predict --checkpoint DIR --image photo.jpg --mask hole.png --output result.png
 
-Folder layout (reference §7.5): every `*mask*.png` under --input (recursive,
+Folder layout (LaMa's evaluation folders): every `*mask*.png` under --input (recursive,
 sorted) is a sample; its image is the mask path cut at the last "_mask" plus
 ".png". The result goes to --output plus the mask's path relative to --input,
 with suffix ".png" (e.g. `img1_crop000_mask000.png`), which is the layout
@@ -14,7 +14,7 @@ Masks are binarised (> 0 is a hole); images are padded to a multiple of 8 and
 the prediction is blended into the known pixels (`Inpainter`). Consecutive
 samples of equal size run as one batch of --batch-size. Results are saved as
 `uint8(clip(x * 255, 0, 255))`: truncation, not rounding, as the reference
-(trap 16). --refine runs LaMa's multi-scale feature refinement per image
+does. --refine runs LaMa's multi-scale feature refinement per image
 (`lama_jax.refinement`; batch size 1, slow: 14 Adam steps per level).
 
 A sample whose files are missing, unreadable, of mismatched sizes or too small

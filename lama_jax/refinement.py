@@ -258,7 +258,7 @@ class Refiner:
             reference_l1 = _masked_mean(jnp.abs(pyr_down(prediction[:, :height, :width]) - reference), trusted)
             return known_l1 + reference_l1, (prediction, jnp.stack([known_l1, reference_l1]))
 
-        optimizer = optax.adam(self.options.lr)  # PyTorch's Adam defaults (reference trap 19)
+        optimizer = optax.adam(self.options.lr)  # PyTorch's Adam defaults: betas 0.9/0.999, eps 1e-8
 
         def step(carry, _):
             streams, opt_state = carry

@@ -54,12 +54,15 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
+from lama_jax import aot
 from lama_jax import checkpoint as model_checkpoint
+from lama_jax import compilation_cache
 from lama_jax import evaluate as evaluate_lib
 from lama_jax import metrics as metrics_lib
 from lama_jax import train_checkpoint
 from lama_jax import train_step
 from lama_jax.data import pipeline
+from lama_jax.models import platform as platform_choices
 
 RESNET_PL_URL = "http://sceneparsing.csail.mit.edu/model/pytorch/ade20k-resnet50dilated-ppm_deepsup/encoder_epoch_20.pth"
 
@@ -99,6 +102,44 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise TrainingError(f"config.eval.best_mode must be 'max' or 'min', got {config.eval.best_mode!r}")
     if config.keep_checkpoints < 1:
         raise TrainingError(f"config.keep_checkpoints must be at least 1, got {config.keep_checkpoints}")
+    try:
+        platform_choices.unroll_blocks(config.model.generator.block_loop)
+        platform_choices.fft_impl(config.model.generator.fft_impl)
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
+    _profile_window(config)
+
+
+def _profile_window(config: ml_collections.ConfigDict) -> Optional[tuple]:
+    """(start, stop) of config.profile_steps "START:STOP" (steps START..STOP-1 are traced), or None."""
+    if not config.profile_steps:
+        return None
+    start, sep, stop = config.profile_steps.partition(":")
+    if not (sep and start.strip().isdigit() and stop.strip().isdigit() and 0 < int(start) < int(stop)):
+        raise TrainingError(f"config.profile_steps = {config.profile_steps!r}; expected \"START:STOP\" with "
+                            "0 < START < STOP, e.g. \"10:15\" (steps 10 to 14), or \"\" for no profile")
+    return int(start), int(stop)
+
+
+def compile_train_step(step_fn, state, config: ml_collections.ConfigDict, mesh):
+    """(the step compiled for this run's batches, the start-up report).
+
+    The report is what `lama_jax.aot` says of the same program: parameter counts per network, the
+    compiled step's per-device memory, FLOPs and collectives, and how long compiling took (seconds
+    when JAX's persistent compilation cache holds the program).
+    """
+    batch = aot.abstract_batch(mesh, config.batch_size, config.data.crop_size)
+    logging.info("Compiling the train step (first launch only when the compilation cache holds it) ...")
+    started = time.perf_counter()
+    compiled = step_fn.lower(state, batch).compile()
+    report = dict(
+        compile_s=time.perf_counter() - started,
+        parameters={name: int(sum(np.prod(x.shape) for x in jax.tree.leaves(state[name]["params"])))
+                    for name in ("generator", "discriminator", "resnet_pl") if name in state},
+        **aot.describe_compiled(compiled, device_kind=jax.devices()[0].device_kind,
+                                batch_per_step=config.batch_size))
+    logging.info("Train step compiled in %.1f s: %s", report["compile_s"], aot.format_program_report(report))
+    return compiled, report
 
 
 def _resnet_pl_variables(config: ml_collections.ConfigDict, init_networks: Mapping[str, Any]):
@@ -132,7 +173,7 @@ def _init_from_networks(config: ml_collections.ConfigDict) -> Dict[str, Any]:
         if network not in model.variables:
             continue
         stored, wanted = model.model_config[network], config.model[network].to_dict()
-        if stored != wanted:
+        if platform_choices.architecture(stored) != platform_choices.architecture(wanted):
             raise TrainingError(f"config.init_from = {config.init_from}: its {network} is {stored}, but "
                                 f"config.model.{network} is {wanted}; pick the config the weights were "
                                 "converted with")
@@ -153,7 +194,8 @@ def initial_train_state(config: ml_collections.ConfigDict, mesh, checkpointer: t
     if latest is not None:
         stored = checkpointer.restore_config(latest)
         wanted = train_checkpoint.config_to_json(config)
-        if stored["model"] != wanted["model"]:
+        if ({k: platform_choices.architecture(v) for k, v in stored["model"].items()}
+                != {k: platform_choices.architecture(v) for k, v in wanted["model"].items()}):
             raise TrainingError(
                 f"{checkpointer.workdir} holds a run with config.model = {stored['model']}, not "
                 f"{wanted['model']}; resume with the same model or use a new --workdir")
@@ -391,6 +433,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Dict[str, 
     """Trains (or resumes) the run in `workdir` up to config.total_steps; returns the run summary."""
     run_start = time.perf_counter()
     workdir = pathlib.Path(workdir).absolute()
+    cache_dir = compilation_cache.enable(config.compilation_cache_dir)  # before anything compiles
     is_chief = jax.process_index() == 0
 
     # -- Setup: mesh, config record --------------------------------------------------------
@@ -416,13 +459,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Dict[str, 
         workdir, keep=config.keep_checkpoints, best_metric=config.eval.best_metric,
         best_mode=config.eval.best_mode)
     state, start_step = initial_train_state(config, mesh, checkpointer, train_iterator)
-    step_fn = train_step.make_train_step(config, mesh)
     predict_fn = train_step.make_predict_fn(config, mesh)
+    logging.info("Compilation cache: %s", cache_dir or "off")
+    step_fn, startup = compile_train_step(train_step.make_train_step(config, mesh), state, config, mesh)
+    profile = _profile_window(config) if is_chief else None
 
     writer = MetricWriter(workdir, enabled=is_chief, start_step=start_step)
     progress = Progress(total_steps=config.total_steps, global_batch_size=config.batch_size)
     summary: Dict[str, Any] = dict(start_step=start_step, devices=mesh.size, processes=jax.process_count(),
-                                   global_batch_size=config.batch_size, stopped_by=None)
+                                   global_batch_size=config.batch_size, stopped_by=None, startup=startup)
     last_checkpoint = start_step if start_step else None
     last_eval: Dict[str, float] = {}
     step = start_step
@@ -468,7 +513,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Dict[str, 
                 progress.data_wait += time.perf_counter() - wait_start
                 progress.skipped_files += pipeline.skipped_files_count(host_batch)
                 batch = train_step.shard_batch({"image": host_batch["image"], "mask": host_batch["mask"]}, mesh)
-                state, metrics = step_fn(state, batch)  # dispatched; runs while the host goes on
+                if profile and step == profile[0]:
+                    jax.profiler.start_trace(str(workdir / "profile"))
+                with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                    state, metrics = step_fn(state, batch)  # dispatched; runs while the host goes on
+                if profile and step == profile[1] - 1:
+                    jax.block_until_ready(metrics)
+                    jax.profiler.stop_trace()
+                    logging.info("Profile of steps %d-%d written to %s", profile[0], step, workdir / "profile")
 
                 if pending is not None:  # the previous step's metrics, read while this step runs
                     record(*pending, log=pending[0] % config.log_every_steps == 0)
@@ -493,6 +545,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Dict[str, 
                                     stop.received, step)
                     break
     finally:
+        if profile and profile[0] <= step < profile[1] - 1:  # stopped inside the profile window
+            jax.profiler.stop_trace()
         checkpointer.wait_until_finished()
         best_step = checkpointer.best_step()
         checkpointer.close()
@@ -571,18 +625,12 @@ def _unknown_override(argv) -> Optional[str]:
 
 def _resolve_config_flag(argv):
     """argv with a packaged config's name after --config (e.g. `tiny`) replaced by its installed path."""
-    from lama_jax.config_loader import resolve_spec  # pylint: disable=g-import-not-at-top
+    from lama_jax.config_loader import resolve_config_argv  # pylint: disable=g-import-not-at-top
 
-    argv = list(argv)
-    for i, arg in enumerate(argv):
-        try:
-            if arg.startswith("--config="):
-                argv[i] = "--config=" + resolve_spec(arg.split("=", 1)[1])
-            elif arg == "--config" and i + 1 < len(argv):
-                argv[i + 1] = resolve_spec(argv[i + 1])
-        except FileNotFoundError as e:
-            raise flags.IllegalFlagValueError(f"--config: {e}") from None
-    return argv
+    try:
+        return resolve_config_argv(argv)
+    except FileNotFoundError as e:
+        raise flags.IllegalFlagValueError(f"--config: {e}") from None
 
 
 def parse_flags(argv):

@@ -1,6 +1,6 @@
 """LaMa's adversarial training step: train state, generator and discriminator updates, sharding.
 
-One iteration of the reference (lama-reference.md §5.3) on a batch
+One iteration of the reference trainer (docs/parity.md, "Optimisation and step order") on a batch
 `{"image": (B, H, W, 3) float32 in [0, 1], "mask": (B, H, W, 1) float32, 1 = hole}`:
 
 1. **Generator step.** G forward (train-mode BN), D on the real image, then on
@@ -103,7 +103,7 @@ def validate_config(config) -> None:
 
 
 def reference_clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-    """PyTorch-Lightning's clipping: scale by min(1, max_norm / (norm + 1e-6)) (trap 13).
+    """PyTorch-Lightning's clipping, per optimizer: scale by min(1, max_norm / (norm + 1e-6)).
 
     optax.clip_by_global_norm uses max_norm / max(norm, max_norm) without the
     1e-6; the difference is ~1e-6 relative but breaks exact parity.
@@ -260,13 +260,14 @@ class LamaSteps:
     discriminator_lr: float
 
     @classmethod
-    def from_config(cls, config, *, bn_groups: int = 1) -> "LamaSteps":
-        """`bn_groups`: BatchNorm statistic groups along the batch (1 = global statistics)."""
+    def from_config(cls, config, *, bn_groups: int = 1, platform: Optional[str] = None) -> "LamaSteps":
+        """`bn_groups`: BatchNorm statistic groups along the batch (1 = global statistics); `platform`:
+        the device platform the program is built for (default: JAX's default backend)."""
         validate_config(config)
         dtype = config.train.compute_dtype
         g_tx, d_tx = make_optimizers(config)
         return cls(
-            generator=build_generator(config.model.generator, bn_groups=bn_groups, dtype=dtype),
+            generator=build_generator(config.model.generator, bn_groups=bn_groups, dtype=dtype, platform=platform),
             discriminator=build_discriminator(config.model.discriminator, bn_groups=bn_groups, dtype=dtype),
             resnet_pl=ResNet50Dilated(dtype=compute_dtype(config.train.compute_dtype)),
             loss_config=config.losses.to_dict(),
@@ -383,7 +384,7 @@ class LamaSteps:
     # -- one iteration ---------------------------------------------------------------------
 
     def train_step(self, state: TrainState, batch) -> Tuple[TrainState, Metrics]:
-        """G step then D step (§5.3); unjitted, see `make_train_step`."""
+        """G step then D step, in the reference's order; unjitted, see `make_train_step`."""
         # No LaMa layer is stochastic; any that is draws from this per-step key, so resuming reproduces it.
         rngs = {"dropout": jax.random.fold_in(_as_key(state["rng"]), state["step"])}
         state, g_metrics, pred = self.generator_step(state, batch, rngs)
@@ -430,13 +431,18 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Ar
     return out
 
 
+def mesh_platform(mesh: Mesh) -> str:
+    """The platform of the mesh's devices ("cpu", "cuda", "tpu", ...): programs are built for it."""
+    return mesh.devices.flat[0].platform
+
+
 def _bn_groups(config, mesh: Mesh) -> int:
     return mesh.shape[DATA_AXIS] if config.train.batch_norm == "per_device" else 1
 
 
 def make_train_step(config, mesh: Mesh):
     """`train_step(state, batch) -> (state, metrics)`, jitted over `mesh`; the state is donated."""
-    steps = LamaSteps.from_config(config, bn_groups=_bn_groups(config, mesh))
+    steps = LamaSteps.from_config(config, bn_groups=_bn_groups(config, mesh), platform=mesh_platform(mesh))
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     return jax.jit(steps.train_step, in_shardings=(replicated, batch_sharding),
@@ -449,7 +455,8 @@ def make_predict_fn(config, mesh: Mesh):
     The mask is binarised (> 0) as the reference's prediction does;
     inpainted = mask * predicted + (1 - mask) * image.
     """
-    generator = build_generator(config.model.generator, dtype=config.train.compute_dtype)
+    generator = build_generator(config.model.generator, dtype=config.train.compute_dtype,
+                                platform=mesh_platform(mesh))
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 

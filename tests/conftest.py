@@ -4,9 +4,12 @@ Eight fake CPU devices let the sharding tests run anywhere; the flag must be
 set before JAX initialises, hence here at import time.
 """
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Training runs enable JAX's persistent compilation cache; tests keep theirs out of ~/.cache.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lama_jax_test_cache_"))
 
 import pathlib
 

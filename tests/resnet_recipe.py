@@ -1,4 +1,4 @@
-"""Regenerates the ResNetPL fixture weights from their recipe (tests/fixtures/README.md §4).
+"""Regenerates the ResNetPL fixture weights from their recipe (tests/fixtures/README.md, the resnet_pl.npz section).
 
 The fixture ships the recipe, not the 94 MB of weights: key i of the sorted
 state-dict keys is drawn from `numpy.random.default_rng([seed, i])` by a rule

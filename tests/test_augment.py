@@ -21,7 +21,7 @@ def _smooth_image(height, width):
 
 
 def _step_by_step(image, g):
-    """The reference order with one OpenCV call per step (§7.2 rows 1–6)."""
+    """The reference's geometric steps in order (perspective ... crop, flip), one OpenCV call each."""
     h, w = image.shape[:2]
     x = image
     if g.perspective is not None:

@@ -2,7 +2,7 @@
 
 The fixture ran the upstream trainer's loss methods on the small fixture
 generator output with the ndf-16 discriminator in train mode; each weighted
-term must match to 1e-5 relative (README §7's tolerance for scalar losses).
+term must match to 1e-5 relative (the fixtures README's tolerance for scalar losses).
 """
 
 import functools

@@ -1,7 +1,7 @@
 """Parity of every Flax module with arrays produced by the official PyTorch LaMa code.
 
 Fixtures are NCHW / PyTorch-keyed (tests/fixtures/README.md); tolerances follow
-its §7 (observed float32 noise of the reference itself, times ~10).
+its "Observed float32 differences" section (float32 noise of the reference itself, times ~10).
 """
 
 import jax
@@ -204,7 +204,8 @@ def test_generator_gradients(fixtures_dir):
         grads, {"params": shapes["params"]}, convert.generator_key_fn(3, cfg["n_blocks"]), stacked_prefix="blocks"
     )["params"]
     # The biases of ConvTransposes feeding a batch-statistics BN have exactly zero gradient;
-    # the fixture holds float noise there (README §2), so they get an absolute tolerance.
+    # the fixture holds float noise there (fixtures README, "Generator fixtures"), so they get an absolute
+    # tolerance.
     for path, actual in jax.tree_util.tree_leaves_with_path(grad_params):
         want = expected
         for p in path:

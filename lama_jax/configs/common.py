@@ -55,11 +55,14 @@ def lama_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.model = ml_collections.ConfigDict(dict(
-        generator=dict(ngf=64, n_downsampling=3, n_blocks=18, ratio=0.75, enable_lfu=False),
+        generator=dict(ngf=64, n_downsampling=3, n_blocks=18, ratio=0.75, enable_lfu=False,
+                       # How the program is built per platform (lama_jax/models/platform.py), same
+                       # arithmetic either way: "auto" | "unrolled" | "scan", "auto" | "fft" | "dft".
+                       block_loop="auto", fft_impl="auto"),
         discriminator=dict(ndf=64, n_layers=4),
     ))
 
-    # Reference §5 (big-lama.yaml `losses:`); a zero weight skips the term entirely.
+    # LaMa's big-lama.yaml `losses:` (docs/parity.md, "Losses"); a zero weight skips the term entirely.
     config.losses = ml_collections.ConfigDict(dict(
         l1_weight_known=10.0,
         l1_weight_missing=0.0,
@@ -69,7 +72,8 @@ def lama_config() -> ml_collections.ConfigDict:
         allow_scale_mask=True,
         feature_matching_weight=100.0,
         resnet_pl_weight=30.0,
-        # "batch": encoder BN on batch statistics, what the reference does while training (trap 7).
+        # "batch": encoder BN on batch statistics, what the reference does while training (Lightning
+        # puts the frozen encoder back in train mode).
         # "running": frozen eval-mode statistics.
         resnet_pl_bn="batch",
         # A model checkpoint holding the ADE20k encoder, converted from encoder_epoch_20.pth with
@@ -78,7 +82,7 @@ def lama_config() -> ml_collections.ConfigDict:
         resnet_pl_weights="checkpoints/ade20k_resnet50dilated",
     ))
 
-    # Reference §6: Adam with PyTorch defaults, per-optimizer global-norm clipping at 1.
+    # The reference's optimisers: Adam with PyTorch defaults, per-optimizer global-norm clipping at 1.
     config.optim = ml_collections.ConfigDict(dict(
         generator_lr=1e-3,
         discriminator_lr=1e-4,
@@ -89,7 +93,7 @@ def lama_config() -> ml_collections.ConfigDict:
     ))
 
     config.train = ml_collections.ConfigDict(dict(
-        # "reference": G step then D step re-running G with the updated weights (§5.3).
+        # "reference": G step then D step re-running G with the updated weights, as LaMa's trainer does.
         # "fused": one G forward serves both steps (faster; a documented deviation).
         step_mode="reference",
         # "global": BN statistics over the global batch (synchronised);
@@ -101,7 +105,7 @@ def lama_config() -> ml_collections.ConfigDict:
     config.data = data_config()
     config.batch_size = REFERENCE_BATCH_PER_DEVICE  # global; see the module docstring
 
-    # Schedule (reference §6: 40 epochs of 25,000 batches, validation at every epoch end,
+    # Schedule (the reference's: 40 epochs of 25,000 batches, validation at every epoch end,
     # logging every 250 steps). Tooling relies on these key names.
     config.total_steps = 1_000_000
     config.log_every_steps = 250
@@ -111,6 +115,12 @@ def lama_config() -> ml_collections.ConfigDict:
     # A model checkpoint (`lama_jax.convert` / `lama_jax.export` output) whose networks
     # replace the random initialisation; ignored when the workdir already holds a checkpoint.
     config.init_from = config_dict.placeholder(str)
+
+    # JAX's persistent compilation cache (lama_jax/compilation_cache.py): None = $JAX_COMPILATION_CACHE_DIR
+    # or ~/.cache/lama_jax/jax_compilation_cache; "" turns it off; gs:// paths work on TPU VMs.
+    config.compilation_cache_dir = config_dict.placeholder(str)
+    # "START:STOP" (e.g. "10:15"): a jax.profiler trace of those steps into WORKDIR/profile/; "" = off.
+    config.profile_steps = ""
 
     config.eval = ml_collections.ConfigDict(dict(
         batch_size=8,  # global; LaMa's eval2 configs use 8

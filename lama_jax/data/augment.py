@@ -1,6 +1,6 @@
 """Training and evaluation image transforms (LaMa's ``distortions`` variant in OpenCV/NumPy).
 
-LaMa trains on ``get_transforms('distortions', 256)`` (reference §7.2): imgaug
+LaMa trains on ``get_transforms('distortions', 256)`` (docs/parity.md, "Data"): imgaug
 perspective and affine warps, a reflect-101 pad, albumentations' optical
 distortion, a random 256 crop, a flip, then CLAHE, brightness/contrast and
 hue/saturation/value jitter. Here every parameter is drawn from the same
@@ -85,7 +85,7 @@ def affine_matrix(height: int, width: int, scale_x: float, scale_y: float, rotat
 
 def sample_distortion_geometry(rng: np.random.Generator, height: int, width: int,
                                out_size: int) -> DistortionGeometry:
-    """Draws the geometric steps of LaMa's ``distortions`` (§7.2, rows 1–6)."""
+    """Draws the geometric steps of LaMa's ``distortions``: perspective, affine, pad, optical distortion, crop, flip."""
     perspective = None
     if rng.random() < 0.5:  # IAAPerspective2: σ ~ U(0, 0.06), keep_size
         sigma = rng.uniform(0.0, 0.06)
@@ -215,7 +215,7 @@ def hsv_lut(hue_shift: float, sat_shift: float, val_shift: float) -> np.ndarray:
 
 
 def photometric_jitter(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
-    """CLAHE, RandomBrightnessContrast and HueSaturationValue, each with p = 0.5 (§7.2 rows 7–9)."""
+    """CLAHE, RandomBrightnessContrast and HueSaturationValue, each with p = 0.5, in LaMa's order."""
     if rng.random() < 0.5:
         image = clahe(image, rng.uniform(1.0, 4.0))
     if rng.random() < 0.5:
@@ -236,7 +236,7 @@ Transform = Callable[..., tuple[np.ndarray, np.ndarray | None]]
 
 def distortions(rng: np.random.Generator, image: np.ndarray, out_size: int,
                 labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """LaMa's ``distortions`` training transform (§7.2), one remap plus colour jitter."""
+    """LaMa's ``distortions`` training transform, one remap plus colour jitter."""
     geometry = sample_distortion_geometry(rng, image.shape[0], image.shape[1], out_size)
     warped = warp(image, geometry)
     warped_labels = None if labels is None else warp(labels, geometry, nearest=True)

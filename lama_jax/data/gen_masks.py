@@ -1,7 +1,7 @@
 r"""Frozen evaluation sets: LaMa's ``bin/gen_mask_dataset.py`` with a seed.
 
 For every image under ``--input`` (recursive, sorted) this writes LaMa's layout
-(reference §7.4):
+(docs/parity.md, "Masks"):
 
 * ``<relpath-without-ext>_crop000.png``: the image, shorter side resized to the
   output size (bicubic) and cropped square around the mask;

@@ -7,7 +7,7 @@ randomness, so a record's mask is fixed by the seed Grain derives for it.
 
 The irregular and box generators reproduce LaMa's algorithms
 (``saicinpainting/training/data/masks.py``) including the off-by-ones its wrapper
-classes add (reference §7.3, trap 12):
+classes add (docs/parity.md, "Masks"):
 
 * irregular: stroke count uniform in ``[min_times, max_times + 1]``; each stroke
   has 1–5 segments; segment angle ``0.01 + randint(max_angle)`` radians, mirrored
@@ -19,10 +19,10 @@ classes add (reference §7.3, trap 12):
 
 LaMa draws each number with a separate call on NumPy's global RNG; here the
 numbers of one mask are drawn as vectors. The random streams differ, the
-distributions are the same (trap 23).
+distributions are the same (docs/parity.md, "Deviations").
 
 ``get(name, **overrides)`` returns a preset by name: ``train_mixed`` (Big-LaMa's
-training masks), the six evaluation presets of ``configs/data_gen`` (§7.4),
+training masks), the six evaluation presets of LaMa's ``configs/data_gen``,
 ``irregular``, ``box``, ``outpainting`` and ``segmentation``.
 """
 

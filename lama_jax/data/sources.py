@@ -12,7 +12,7 @@ can ship them to worker processes.
 * ``ImageFolderSource``: every jpg/jpeg/png/webp/bmp below a folder, recursive,
   sorted by relative path; optional label maps in a parallel folder.
 * ``EvalFolderSource``: a LaMa evaluation folder of ``name.png`` +
-  ``name_maskNNN.png`` pairs (reference §7.5).
+  ``name_maskNNN.png`` pairs (docs/parity.md, "Prediction and refinement").
 * ``TfdsSource``: a prepared TFDS data set (``places365_small`` or one made by
   ``lama_jax.data.build_tfds``) read through ``tfds.data_source``.
 * ``SyntheticSource``: procedurally drawn images with label maps (no files).

@@ -5,7 +5,11 @@ from lama_jax.models.ffc import FFC, FFCBnAct, FFCResNetGenerator, FFCResnetBloc
 from lama_jax.models.layers import BatchNorm, Conv2d, ConvTranspose2d
 from lama_jax.models.resnet import ResNet50Dilated
 
+from typing import Optional
+
 import jax.numpy as jnp
+
+from lama_jax.models import platform as platform_choices
 
 
 def compute_dtype(name: str):
@@ -13,16 +17,20 @@ def compute_dtype(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
-def build_generator(cfg, *, bn_groups: int = 1, dtype: str = "float32",
-                    fft_impl: str = "fft") -> FFCResNetGenerator:
-    """`cfg`: a mapping with ngf, n_downsampling, n_blocks, ratio, enable_lfu (config.model.generator).
+def build_generator(cfg, *, bn_groups: int = 1, dtype: str = "float32", fft_impl: Optional[str] = None,
+                    platform: Optional[str] = None) -> FFCResNetGenerator:
+    """`cfg`: a mapping with ngf, n_downsampling, n_blocks, ratio, enable_lfu (config.model.generator),
+    optionally block_loop and fft_impl (default "auto").
 
-    `fft_impl`: "fft" (XLA's FFT) or "dft" (matrix products; shape-polymorphic export).
+    The program choices ("auto" ones) are resolved for `platform` (a device platform such as "cpu",
+    "cuda", "tpu"; default: JAX's default backend), see `lama_jax.models.platform`. `fft_impl`
+    overrides the config's: "fft" (XLA's FFT) or "dft" (matrix products; shape-polymorphic export).
     """
     return FFCResNetGenerator(
         ngf=cfg["ngf"], n_downsampling=cfg["n_downsampling"], n_blocks=cfg["n_blocks"],
         ratio=cfg["ratio"], enable_lfu=cfg["enable_lfu"], bn_groups=bn_groups, dtype=compute_dtype(dtype),
-        fft_impl=fft_impl,
+        fft_impl=platform_choices.fft_impl(fft_impl or cfg.get("fft_impl", "auto"), platform),
+        unroll_blocks=platform_choices.unroll_blocks(cfg.get("block_loop", "auto"), platform),
     )
 
 

@@ -226,6 +226,7 @@ class FFCResNetGenerator(nn.Module):
     bn_groups: int = 1
     dtype: Dtype = jnp.float32
     fft_impl: str = "fft"
+    unroll_blocks: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool, *, stage: str = "full"):
@@ -250,14 +251,14 @@ class FFCResNetGenerator(nn.Module):
 
         bottleneck = min(self.max_features, self.ngf * 2**self.n_downsampling)
         block = FFCResnetBlock(bottleneck, self.ratio, self.enable_lfu, name="blocks", **common)
-        # Scanned: the blocks' parameters are stacked and one block is traced. Fully unrolled,
-        # because XLA:CPU runs convolution gradients inside a while loop ~20x slower.
+        # Scanned: the blocks' parameters are stacked and one block is traced. Unrolled or run as a
+        # loop per platform (lama_jax.models.platform): the same arithmetic either way.
         run_blocks = nn.scan(
             lambda module, carry, _: (module(carry, train), None),
             variable_axes={"params": 0, "batch_stats": 0},
             split_rngs={"params": True},
             length=self.n_blocks,
-            unroll=self.n_blocks,
+            unroll=self.n_blocks if self.unroll_blocks else 1,
         )
         streams, _ = run_blocks(block, streams, None)
 

@@ -1,0 +1,259 @@
+r"""Compiles the training step ahead of time and says whether a run fits, before anyone rents a chip.
+
+    python -m lama_jax.aot --config big_lama --topology v5e:2x2 --per-device-batch 15 [--size 256] \
+        [--config.train.compute_dtype=bfloat16] [--json]
+
+`--topology` is a TPU topology name (`v5e:2x2`, `v4:2x2x1`, `v5p:2x2x1`, `v6e:2x2`, ...), compiled with
+libtpu on a machine that has no TPU (`pip install "lama_jax[tpu]"`), or `local` for this machine's
+own devices (CPU or GPU). The jitted train step and the evaluation predict function are lowered and
+compiled on a data-parallel mesh over all of the topology's devices, from abstract state: nothing
+is allocated and nothing runs. The report: per-device memory from the compiler (arguments,
+outputs, temporaries, aliased buffers, total) against the chip's capacity, FLOPs per device per
+step, the compiler's own step-time estimate where the backend gives one (`optimal_seconds` on TPU)
+and the images/s it implies, and every collective of the compiled program with counts and bytes.
+
+`lama_jax.train` logs the same report for the step it compiles (`describe_compiled`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+GIB = 2**30
+# HBM per chip, by device kind as JAX reports it (`device.device_kind`), matched by prefix.
+CHIP_MEMORY_GIB = (
+    ("TPU v4", 32),
+    ("TPU v5 lite", 16),  # v5e
+    ("TPU v5e", 16),
+    ("TPU v5p", 95),
+    ("TPU v5", 95),  # v5p reports itself as "TPU v5"
+    ("TPU v6 lite", 32),  # v6e (Trillium)
+    ("TPU v6e", 32),
+    ("NVIDIA H100", 80),
+    ("NVIDIA H200", 141),
+)
+TOPOLOGY_EXAMPLES = "v5e:2x2, v4:2x2x1, v5p:2x2x1, v6e:2x2 or local"
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+
+
+class AotError(ValueError):
+    """A topology or request that cannot be compiled; the message says what would work."""
+
+
+def chip_memory_bytes(device_kind: str) -> Optional[int]:
+    """HBM of one chip of this kind, or None when the kind is not in CHIP_MEMORY_GIB."""
+    for prefix, gib in CHIP_MEMORY_GIB:
+        if device_kind.startswith(prefix):
+            return gib * GIB
+    return None
+
+
+def topology_devices(topology: str) -> List[Any]:
+    """The devices of `topology`: this machine's for "local", else a TPU topology built by libtpu."""
+    if topology == "local":
+        return jax.devices()
+    if not re.fullmatch(r"v\d+[a-z]*(-\w+)?:\d+(x\d+){1,2}", topology):
+        raise AotError(f"unknown topology {topology!r}: use a TPU topology name such as {TOPOLOGY_EXAMPLES}")
+    try:
+        import libtpu  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+        raise AotError(f"compiling for TPU topology {topology!r} needs libtpu: pip install "
+                       f"'lama_jax[tpu]' (jax[tpu]=={jax.__version__} brings the libtpu this jax pins)") from None
+    from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+
+    try:
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+    except Exception as e:  # libtpu's own message for a malformed or unsupported name is long
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AotError(f"unknown topology {topology!r} ({first_line[:160]}): use e.g. {TOPOLOGY_EXAMPLES}") from None
+
+
+def collectives(hlo_text: str) -> Dict[str, Dict[str, int]]:
+    """{op: {"count", "bytes"}} of the collectives in optimised HLO text (async pairs counted once)."""
+    found: Dict[str, Dict[str, int]] = {}
+    # The result shape is one array (`f32[8,128]{1,0:T(8,128)}`) or a tuple of them, as the
+    # collective combiners make; layouts may hold one level of parentheses.
+    shape = r"\((?:[^()]|\([^()]*\))*\)|\S+"
+    pattern = re.compile(r"=\s*(?P<shape>" + shape + r")\s+(?P<op>" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+    for line in hlo_text.splitlines():
+        match = pattern.search(line)
+        if not match:
+            continue
+        shapes = re.findall(r"([a-z]+\d*)\[([\d,]*)\]", match["shape"])
+        size = sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
+                   for dtype, dims in shapes)
+        entry = found.setdefault(match["op"], {"count": 0, "bytes": 0})
+        entry["count"] += 1
+        entry["bytes"] += size
+    return found
+
+
+def describe_compiled(compiled, *, device_kind: str, batch_per_step: int) -> Dict[str, Any]:
+    """Memory, FLOPs, step-time estimate and collectives of one compiled program, per device."""
+    report: Dict[str, Any] = {}
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        fields = dict(arguments=memory.argument_size_in_bytes, outputs=memory.output_size_in_bytes,
+                      temporaries=memory.temp_size_in_bytes, aliases=memory.alias_size_in_bytes,
+                      generated_code=memory.generated_code_size_in_bytes)
+        # Donated arguments alias outputs: those bytes are counted once.
+        fields["total"] = (fields["arguments"] + fields["outputs"] - fields["aliases"] + fields["temporaries"]
+                           + fields["generated_code"])
+        capacity = chip_memory_bytes(device_kind)
+        report["memory_bytes"] = fields
+        report["memory_capacity_bytes"] = capacity
+        report["fits"] = None if capacity is None else bool(fields["total"] <= capacity)
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+        cost = cost[0] if cost else None
+    cost = cost or {}
+    report["flops"] = float(cost["flops"]) if "flops" in cost else None
+    seconds = cost.get("optimal_seconds")
+    report["estimated_step_s"] = float(seconds) if seconds and seconds > 0 else None
+    report["estimated_img_per_s"] = (batch_per_step / seconds) if report["estimated_step_s"] else None
+    report["collectives"] = collectives(compiled.as_text())
+    return report
+
+
+def abstract_batch(mesh, global_batch: int, size: int) -> Dict[str, jax.ShapeDtypeStruct]:
+    from lama_jax import train_step  # pylint: disable=g-import-not-at-top
+
+    sharding = NamedSharding(mesh, PartitionSpec(train_step.DATA_AXIS))
+    return {"image": jax.ShapeDtypeStruct((global_batch, size, size, 3), jnp.float32, sharding=sharding),
+            "mask": jax.ShapeDtypeStruct((global_batch, size, size, 1), jnp.float32, sharding=sharding)}
+
+
+def _timed_compile(jitted, *args) -> tuple:
+    started = time.perf_counter()
+    lowered = jitted.lower(*args)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    return compiled, lowered_at - started, time.perf_counter() - lowered_at
+
+
+def compile_report(config, devices: Sequence[Any], *, per_device_batch: int, size: int = 256,
+                   programs: Sequence[str] = ("train_step", "predict")) -> Dict[str, Any]:
+    """Compiles `programs` of `config` for `devices` (abstract inputs only) and reports on each."""
+    from lama_jax import train_checkpoint, train_step  # pylint: disable=g-import-not-at-top
+
+    if per_device_batch < 1:
+        raise AotError(f"--per-device-batch must be at least 1, got {per_device_batch}")
+    if size < 16 or size % 8:
+        raise AotError(f"--size must be a multiple of 8 and at least 16, got {size}")
+    mesh = train_step.make_mesh(devices)
+    num_devices = len(devices)
+    global_batch = per_device_batch * num_devices
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.batch_size = global_batch
+    device_kind = devices[0].device_kind
+    report: Dict[str, Any] = dict(
+        platform=devices[0].platform, device_kind=device_kind, device_count=num_devices,
+        global_batch=global_batch, per_device_batch=per_device_batch, size=size,
+        compute_dtype=config.train.compute_dtype, step_mode=config.train.step_mode,
+        batch_norm=config.train.batch_norm, jax_version=jax.__version__)
+    batch = abstract_batch(mesh, global_batch, size)
+    state = train_checkpoint.abstract_train_state(config, mesh)
+    if "train_step" in programs:
+        compiled, lower_s, compile_s = _timed_compile(train_step.make_train_step(config, mesh), state, batch)
+        report["train_step"] = dict(lower_s=lower_s, compile_s=compile_s,
+                                    **describe_compiled(compiled, device_kind=device_kind,
+                                                        batch_per_step=global_batch))
+    if "predict" in programs:
+        compiled, lower_s, compile_s = _timed_compile(train_step.make_predict_fn(config, mesh),
+                                                      state["generator"], batch)
+        report["predict"] = dict(lower_s=lower_s, compile_s=compile_s,
+                                 **describe_compiled(compiled, device_kind=device_kind, batch_per_step=global_batch))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Report text
+
+
+def _gib(n: Optional[float]) -> str:
+    return "?" if n is None else f"{n / GIB:.2f} GiB"
+
+
+def format_program_report(r: Dict[str, Any]) -> str:
+    """One program's `describe_compiled` fields as `; `-separated phrases."""
+    parts = []
+    memory = r.get("memory_bytes")
+    if memory:
+        capacity = r["memory_capacity_bytes"]
+        verdict = ("capacity unknown" if capacity is None else
+                   f"{'fits' if r['fits'] else 'DOES NOT FIT'} in {_gib(capacity)}")
+        parts.append(f"memory per device {_gib(memory['total'])} ({verdict}: arguments {_gib(memory['arguments'])}, "
+                     f"outputs {_gib(memory['outputs'])}, temporaries {_gib(memory['temporaries'])}, "
+                     f"aliased {_gib(memory['aliases'])})")
+    if r.get("flops") is not None:
+        parts.append(f"{r['flops'] / 1e9:,.1f} GFLOP per device per step")
+    if r.get("estimated_step_s"):
+        parts.append(f"compiler's step estimate {r['estimated_step_s'] * 1e3:.1f} ms = "
+                     f"{r['estimated_img_per_s']:.1f} img/s")
+    shown = ", ".join(f"{op} x{c['count']} ({c['bytes'] / 2**20:.1f} MiB)" for op, c in r["collectives"].items())
+    parts.append(f"collectives: {shown or 'none'}")
+    return "; ".join(parts)
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    lines = [f"{report['device_count']} x {report['device_kind']} ({report['platform']}), jax "
+             f"{report['jax_version']}: batch {report['global_batch']} ({report['per_device_batch']} per device), "
+             f"{report['size']}^2, {report['compute_dtype']}, step_mode {report['step_mode']}"]
+    for program in ("train_step", "predict"):
+        if program in report:
+            r = report[program]
+            lines.append(f"{program}: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s")
+            lines.extend("  " + part for part in format_program_report(r).split("; "))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line (absl flags, so that --config.key=value overrides work as in lama_jax.train)
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    from lama_jax import config_loader
+
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", None, "Experiment config: a packaged name (big_lama, lama_fourier, tiny) or a file, "
+        "optionally :arg; override keys with --config.key=value.", lock_config=True)
+    _TOPOLOGY = flags.DEFINE_string("topology", None, f"Where to compile: {TOPOLOGY_EXAMPLES}.")
+    _PER_DEVICE_BATCH = flags.DEFINE_integer("per-device-batch", None,
+                                             "Images per device (default: the config's batch_size / devices).")
+    _SIZE = flags.DEFINE_integer("size", 256, "Training crop side in pixels.")
+    _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+    flags.mark_flags_as_required(["config", "topology"])
+
+    def _parse(argv):
+        try:
+            return flags.FLAGS(config_loader.resolve_config_argv(argv))
+        except FileNotFoundError as e:
+            sys.exit(f"error: --config: {e}")
+
+    def main(argv) -> None:
+        if len(argv) > 1:
+            sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
+        try:
+            devices = topology_devices(_TOPOLOGY.value)
+            per_device = _PER_DEVICE_BATCH.value or max(1, _CONFIG.value.batch_size // len(devices))
+            report = compile_report(_CONFIG.value, devices, per_device_batch=per_device, size=_SIZE.value)
+        except AotError as e:
+            sys.exit(f"error: {e}")
+        print(json.dumps(report, default=float) if _JSON.value else format_report(report))
+
+    app.run(main, flags_parser=_parse)

@@ -1,0 +1,61 @@
+"""Per-platform program choices for the generator, made once when a program is built for a backend.
+
+Each choice is a measured property of one XLA backend, not of the model: the arithmetic is the
+same either way (both variants are parity-tested), only what the compiler is given differs.
+
+- **Residual blocks: unrolled or a loop.** The 18 identical blocks keep one stacked parameter
+  tree and run under `nn.scan`. XLA:CPU runs convolution gradients inside a while loop far slower
+  (about 20x here), so CPU programs unroll them. TPU compile time grows with every distinct
+  convolution instance (seconds each), so TPU programs run them as a loop: one block traced.
+  GPU has not been measured yet and keeps the unrolled blocks.
+- **Fourier units: XLA's FFT or DFT matrix products** (`models.dft`). See `FFT_IMPL` below and
+  `benchmarks/fourier_unit.py`, which measures both per platform.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+
+# Blocks unrolled (True) or scanned as a loop (False), per backend.
+UNROLL_BLOCKS = {"cpu": True, "gpu": True, "tpu": False}
+# "fft" | "dft" per backend; `benchmarks/fourier_unit.py --json` gives the evidence. TPU: the
+# compiler's own estimate for big-lama's Fourier units favours the DFT matrix products (the MXU
+# does them; XLA TPU's irfft adds a slow `reverse`), CPU wall time favours XLA's FFT.
+FFT_IMPL = {"cpu": "fft", "gpu": "fft", "tpu": "dft"}
+
+BLOCK_LOOP_CHOICES = ("auto", "unrolled", "scan")
+# Keys of config.model.generator that choose how the program is built, not what it computes: a
+# checkpoint made with other values (or before they existed) holds the same network.
+PROGRAM_KEYS = ("block_loop", "fft_impl")
+FFT_IMPL_CHOICES = ("auto", "fft", "dft")
+
+
+def architecture(network_config) -> dict:
+    """A network's config (config.model.<network>, a mapping) without its PROGRAM_KEYS."""
+    return {k: v for k, v in dict(network_config).items() if k not in PROGRAM_KEYS}
+
+
+def backend(platform: Optional[str] = None) -> str:
+    """"cpu" | "gpu" | "tpu" for `platform` (a device's `.platform`, e.g. "cuda") or the default backend."""
+    platform = platform or jax.default_backend()
+    return {"cuda": "gpu", "rocm": "gpu"}.get(platform, platform)
+
+
+def unroll_blocks(block_loop: str, platform: Optional[str] = None) -> bool:
+    """`block_loop` ("auto" | "unrolled" | "scan") resolved for `platform`."""
+    if block_loop not in BLOCK_LOOP_CHOICES:
+        raise ValueError(f"model.generator.block_loop = {block_loop!r}; expected one of {BLOCK_LOOP_CHOICES}")
+    if block_loop == "auto":
+        return UNROLL_BLOCKS.get(backend(platform), True)
+    return block_loop == "unrolled"
+
+
+def fft_impl(choice: str, platform: Optional[str] = None) -> str:
+    """`choice` ("auto" | "fft" | "dft") resolved for `platform`."""
+    if choice not in FFT_IMPL_CHOICES:
+        raise ValueError(f"model.generator.fft_impl = {choice!r}; expected one of {FFT_IMPL_CHOICES}")
+    if choice == "auto":
+        return FFT_IMPL.get(backend(platform), "fft")
+    return choice

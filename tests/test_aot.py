@@ -1,0 +1,102 @@
+"""lama_jax.aot: ahead-of-time compiles and their reports, on fake CPU devices and a TPU topology."""
+
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from lama_jax import aot
+from lama_jax.configs import tiny
+
+HLO = """
+  %all-reduce = f32[3,3,16,32]{3,2,1,0} all-reduce(f32[3,3,16,32]{3,2,1,0} %fusion.20), channel_id=1
+  %all-reduce-start.1 = (f32[8]{0}, bf16[2,4]{1,0}) all-reduce-start(f32[8]{0} %a, bf16[2,4]{1,0} %b)
+  %all-reduce-done.1 = (f32[8]{0}, bf16[2,4]{1,0}) all-reduce-done((f32[8]{0}, bf16[2,4]{1,0}) %all-reduce-start.1)
+  %all-gather = f32[16,4]{1,0} all-gather(f32[4,4]{1,0} %p), dimensions={0}
+  %all-reduce.7 = (f32[3,3]{1,0:T(8,128)}, f32[2]{0:T(256)}) all-reduce(f32[3,3]{1,0:T(8,128)} %g, f32[2]{0} %h)
+  %add.1 = f32[8]{0} add(f32[8]{0} %x, f32[8]{0} %y), metadata={op_name="all-reduce(fake)"}
+"""
+
+
+def test_collectives_are_counted_once_with_their_bytes():
+    assert aot.collectives(HLO) == {
+        "all-reduce": {"count": 3, "bytes": 3 * 3 * 16 * 32 * 4 + 8 * 4 + 8 * 2 + 9 * 4 + 2 * 4},
+        "all-gather": {"count": 1, "bytes": 16 * 4 * 4},
+    }
+
+
+def test_chip_memory_table():
+    assert aot.chip_memory_bytes("TPU v5 lite") == 16 * aot.GIB
+    assert aot.chip_memory_bytes("TPU v4") == 32 * aot.GIB
+    assert aot.chip_memory_bytes("NVIDIA H200") == 141 * aot.GIB
+    assert aot.chip_memory_bytes("cpu") is None
+
+
+def small_config(**train):
+    config = tiny.get_config()
+    config.train.update(train)
+    return config
+
+
+def check_data_parallel_report(report, *, devices, programs=("train_step", "predict")):
+    assert report["device_count"] == devices and report["global_batch"] == devices
+    for program in programs:
+        r = report[program]
+        assert r["compile_s"] > 0 and r["lower_s"] > 0
+        assert r["memory_bytes"]["total"] > 0 and r["memory_bytes"]["arguments"] > 0
+        assert r["flops"] > 0
+    if "train_step" in programs:
+        # Data parallelism: gradients (and BN statistics, with global BN) are all-reduced, nothing else.
+        assert set(report["train_step"]["collectives"]) == {"all-reduce"}
+
+
+def test_local_topology_on_eight_cpu_devices():
+    devices = aot.topology_devices("local")
+    assert len(devices) == 8
+    report = aot.compile_report(small_config(), devices, per_device_batch=1, size=32)
+    check_data_parallel_report(report, devices=8)
+    assert report["train_step"]["memory_capacity_bytes"] is None and report["train_step"]["fits"] is None
+    assert report["train_step"]["memory_bytes"]["aliases"] > 0  # the donated state
+    assert report["predict"]["collectives"] == {}
+    text = aot.format_report(report)
+    assert "8 x cpu" in text and "capacity unknown" in text and "all-reduce x" in text
+
+
+@pytest.mark.slow
+def test_local_topology_with_global_batch_norm():
+    report = aot.compile_report(small_config(batch_norm="global"), aot.topology_devices("local"),
+                                per_device_batch=1, size=32, programs=("train_step",))
+    check_data_parallel_report(report, devices=8, programs=("train_step",))
+
+
+def test_tpu_topology_generator_forward():
+    devices = aot.topology_devices("v5e:2x2")
+    assert [d.device_kind for d in devices] == ["TPU v5 lite"] * 4
+    report = aot.compile_report(small_config(), devices, per_device_batch=1, size=32, programs=("predict",))
+    check_data_parallel_report(report, devices=4, programs=("predict",))
+    r = report["predict"]
+    assert r["memory_capacity_bytes"] == 16 * aot.GIB and r["fits"] is True
+    assert r["estimated_step_s"] > 0 and r["estimated_img_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_tpu_topology_train_step():
+    report = aot.compile_report(small_config(), aot.topology_devices("v5e:2x2"), per_device_batch=1, size=32,
+                                programs=("train_step",))
+    check_data_parallel_report(report, devices=4, programs=("train_step",))
+    assert report["train_step"]["fits"] is True
+
+
+def test_unknown_topology_and_missing_libtpu_are_one_line_errors(monkeypatch):
+    result = subprocess.run([sys.executable, "-m", "lama_jax.aot", "--config", "tiny", "--topology", "v9z:9"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown topology 'v9z:9': use a TPU topology name such as v5e:2x2, v4:2x2x1, v5p:2x2x1, "
+        "v6e:2x2 or local"]
+    with pytest.raises(aot.AotError, match=r"unknown topology 'tpu-v5e': use a TPU topology name such as v5e:2x2"):
+        aot.topology_devices("tpu-v5e")
+    monkeypatch.setitem(sys.modules, "libtpu", None)  # import libtpu now raises ImportError
+    with pytest.raises(aot.AotError, match=r"needs libtpu: pip install 'lama_jax\[tpu\]'"):
+        aot.topology_devices("v5e:2x2")

@@ -1,0 +1,48 @@
+"""The persistent compilation cache and the start-up report of a training run, through the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+from test_train import REPO, SMALL_OVERRIDES  # pylint: disable=g-bad-import-order
+
+
+def launch(workdir, cache_dir, **overrides):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_PERSISTENT_CACHE")}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    settings = {**SMALL_OVERRIDES, "compilation_cache_dir": str(cache_dir), **overrides}
+    result = subprocess.run(
+        [sys.executable, "-m", "lama_jax.train", "--config", "tiny", "--workdir", str(workdir),
+         *(f"--config.{key}={value}" for key, value in settings.items())],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((workdir / "summary.json").read_text())
+
+
+def test_relaunch_compiles_the_step_from_the_cache_and_reports_it(tmp_path):
+    cache, workdir = tmp_path / "cache", tmp_path / "run"
+    first = launch(workdir, cache, total_steps=2, profile_steps="1:2")
+    entries = sorted(p.name for p in cache.iterdir())
+    assert entries, "the first launch wrote no cache entries"
+    assert list((workdir / "profile").rglob("*.xplane.pb")), "no profiler trace of step 1"
+
+    startup = first["startup"]
+    assert startup["parameters"]["generator"] > 0 and startup["parameters"]["discriminator"] > 0
+    assert "resnet_pl" not in startup["parameters"]  # tiny has no perceptual loss
+    assert startup["memory_bytes"]["total"] > 0 and startup["flops"] > 0
+    assert set(startup["collectives"]) == {"all-reduce"}
+
+    second = launch(workdir, cache, total_steps=3)  # resumes at step 2 and compiles the same step
+    assert second["start_step"] == 2 and second["final_step"] == 3
+    assert second["startup"]["compile_s"] < 0.25 * startup["compile_s"], (second["startup"], startup)
+
+
+def test_empty_cache_dir_turns_the_cache_off(tmp_path):
+    from lama_jax import compilation_cache
+
+    assert compilation_cache.resolve("") is None
+    assert compilation_cache.resolve("gs://bucket/cache") == "gs://bucket/cache"
+    assert compilation_cache.resolve(str(tmp_path / "c")) == str(tmp_path / "c")
+    assert compilation_cache.resolve("~/x").startswith(os.path.expanduser("~"))
