@@ -48,7 +48,11 @@ def check_data_parallel_report(report, *, devices, programs=("train_step", "pred
         assert r["flops"] > 0
     if "train_step" in programs:
         # Data parallelism: gradients (and BN statistics, with global BN) are all-reduced, nothing else.
-        assert set(report["train_step"]["collectives"]) == {"all-reduce"}
+        # jax 0.10's SPMD partitioner does not split XLA:CPU's FFT along the batch and all-gathers
+        # its operand instead (measured; the README's matrix notes it); later releases do.
+        expected = {"all-reduce"} if jax.__version_info__ >= (0, 11) or report["platform"] != "cpu" else {
+            "all-reduce", "all-gather"}
+        assert set(report["train_step"]["collectives"]) == expected
 
 
 def test_local_topology_on_eight_cpu_devices():
