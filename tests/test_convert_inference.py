@@ -45,7 +45,7 @@ def test_convert_cli_then_inpainter_reproduces_the_fixture(tmp_path, fixtures_di
     ckpt = tmp_path / "best.ckpt"
     write_lightning_checkpoint(ckpt, fixtures_dir)
     out_dir = tmp_path / "converted"
-    convert.main(["--config", str(small_config), "--torch-checkpoint", str(ckpt), "--output", str(out_dir)])
+    assert convert.main(["--config", str(small_config), "--torch-checkpoint", str(ckpt), "--output", str(out_dir)]) == 0
     assert "generator: " in capsys.readouterr().out
 
     model = checkpoint.load_model(out_dir)
@@ -76,13 +76,14 @@ def test_convert_reports_missing_and_unexpected_keys_by_name(tmp_path, fixtures_
     assert "unexpected keys (1): model.99.weight" in str(err.value)
 
 
-def test_convert_shape_mismatch_names_key_and_both_shapes(tmp_path, fixtures_dir, small_config):
+def test_convert_shape_mismatch_names_key_and_both_shapes(tmp_path, fixtures_dir, small_config, capsys):
     ckpt = tmp_path / "wrong.ckpt"
     bad = {"generator.model.1.ffc.convl2l.weight": torch.zeros(16, 4, 5, 5)}
     write_lightning_checkpoint(ckpt, fixtures_dir, with_discriminator=False, extra=bad)
-    with pytest.raises(SystemExit) as err:
-        convert.main(["--config", str(small_config), "--torch-checkpoint", str(ckpt), "--output", str(tmp_path / "o")])
-    message = str(err.value)
+    status = convert.main(["--config", str(small_config), "--torch-checkpoint", str(ckpt),
+                           "--output", str(tmp_path / "o")])
+    message = capsys.readouterr().err
+    assert status == 1 and message.startswith("error: ") and message.count("\n") == 1
     assert "model.1.ffc.convl2l.weight" in message and "(16, 4, 5, 5)" in message and "(16, 4, 7, 7)" in message
     assert not (tmp_path / "o").exists()
 

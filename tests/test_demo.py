@@ -270,9 +270,10 @@ def test_refinement_for_wraps_lama_jax_refinement(app):
     np.testing.assert_allclose(result.astype(int), direct.astype(int), atol=2)
 
 
-def test_cli_binds_loopback_by_default_and_rejects_a_folder_without_weights(tmp_path):
+def test_cli_binds_loopback_by_default_and_rejects_a_folder_without_weights(tmp_path, capsys):
     args = demo.parse_args([])
     assert (args.host, args.port, args.checkpoint) == ("127.0.0.1", 7860, None)
-    with pytest.raises(SystemExit, match="not a lama_jax model checkpoint"):
-        demo.main(["--checkpoint", str(tmp_path), "--port", "0"])
+    assert demo.main(["--checkpoint", str(tmp_path), "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "not a lama_jax model checkpoint" in err
 
