@@ -44,14 +44,13 @@ def _image_as_float(image) -> np.ndarray:
         return image.astype(np.float32) / np.float32(255)
     if not np.issubdtype(image.dtype, np.floating):
         raise ValueError(f"image must be uint8 or float in [0, 1], got dtype {image.dtype}")
-    image = image.astype(np.float32)
     if image.size:
         low, high = float(image.min()), float(image.max())
         if not (0.0 <= low and high <= 1.0):  # also catches NaN
             hint = "; divide 0-255 values by 255" if high > 1.0 else ""
             raise ValueError(f"image must be uint8 or float in [0, 1], got {image.dtype} values in "
                              f"[{low:g}, {high:g}]{hint}")
-    return image
+    return image.astype(np.float32)
 
 
 def check_inputs(image, mask) -> Tuple[np.ndarray, np.ndarray]:

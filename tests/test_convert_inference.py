@@ -115,6 +115,24 @@ def test_inpainter_pads_any_size_and_compiles_once_per_padded_shape(tmp_path, fi
     assert inpainter.compiled_shapes() == 2
 
 
+def test_inpainter_takes_uint8_as_0_to_255_and_refuses_other_ranges(fixtures_dir):
+    cfg = dict(ngf=16, n_downsampling=3, n_blocks=2, ratio=0.75, enable_lfu=False)
+    inpainter = Inpainter(cfg, convert.convert_generator(fixture_state_dict(fixtures_dir, "generator_ffc_small"), cfg))
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 16, 24, 3), dtype=np.uint8)
+    mask = np.zeros((1, 16, 24, 1), np.uint8)
+    mask[:, 4:12, 4:12] = 255
+    from_uint8 = inpainter(pixels, mask)
+    assert from_uint8.dtype == np.float32 and 0 <= from_uint8.min() and from_uint8.max() <= 1
+    np.testing.assert_array_equal(from_uint8, inpainter(pixels / np.float32(255), mask / np.float32(255)))
+    with pytest.raises(ValueError, match=r"^image must be uint8 or float in \[0, 1\], got float32 values in "
+                                         r"\[\d+, \d+\]; divide 0-255 values by 255$"):
+        inpainter(pixels.astype(np.float32), mask)
+    with pytest.raises(ValueError, match=r"got float64 values in \[-0.5, 0.5\]$"):
+        inpainter(pixels / 255.0 - 0.5, mask)
+    with pytest.raises(ValueError, match=r"got dtype int64$"):
+        inpainter(pixels.astype(np.int64), mask)
+
+
 def test_pad_to_modulo_is_symmetric_bottom_right():
     x = np.arange(10, dtype=np.float32).reshape(1, 1, 10, 1)
     padded = pad_to_modulo(x)

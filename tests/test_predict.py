@@ -9,7 +9,7 @@ from PIL import Image
 from lama_jax import checkpoint, convert, evaluate, predict
 from lama_jax.data import gen_masks, samples
 from lama_jax.inference import Inpainter
-from lama_jax.refinement import Refiner
+from lama_jax.refinement import RefinementOptions, Refiner
 
 # The PyTorch fixture generator (random weights, randomised BN statistics), converted.
 SMALL = dict(ngf=16, n_downsampling=3, n_blocks=2, ratio=0.75, enable_lfu=False)
@@ -176,3 +176,62 @@ def test_setup_errors_exit_255(small_checkpoint, tmp_path, capsys):
     assert predict.main(["--checkpoint", small_checkpoint, "--input", str(empty), "--output", "o",
                          "--batch-size", "0"]) == 255
     assert "--batch-size must be positive" in capsys.readouterr().err
+
+
+def test_a_folder_of_photos_with_masks_in_any_common_format(small_checkpoint, inpainter, tmp_path, capsys):
+    """cat.jpg + cat_mask.png, dog.webp + dog_mask.bmp, sub/owl.jpeg + sub/owl_mask.jpg: named after the image."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    hole = np.zeros((48, 64), np.uint8)
+    hole[10:30, 20:40] = 255
+    pairs = {"cat.jpg": "cat_mask.png", "dog.webp": "dog_mask.bmp", "sub/owl.jpeg": "sub/owl_mask.jpg"}
+    for (image_name, mask_name), photo in zip(pairs.items(), ("chelsea", "coffee", "astronaut")):
+        _save(str(photos / image_name), _photo(photo, (64, 48)))
+        _save(str(photos / mask_name), hole)
+    status = predict.main(["--checkpoint", small_checkpoint, "--input", str(photos), "--output", str(out)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert f"wrote 3 of 3 results to {out}" in captured.out
+    assert "compiling the model for 48x64 images, batch 3" in captured.err  # one batch of one size
+    written = sorted(os.path.relpath(os.path.join(r, f), out) for r, _, fs in os.walk(out) for f in fs)
+    assert written == ["cat.png", "dog.png", "sub/owl.png"]
+    for image_name in pairs:
+        image = _load(str(photos / image_name))
+        mask = _load(str(photos / pairs[image_name]), "L")[..., None]  # a JPEG mask is not exactly 0/255
+        expected = predict.to_uint8(inpainter(image[None], (mask[None] > 0).astype(np.float32))[0])
+        result = _load(str(out / (os.path.splitext(image_name)[0] + ".png")))
+        assert np.abs(result.astype(int) - expected).max() <= 1, image_name
+
+
+def test_one_photo_to_a_jpeg_file(small_checkpoint, tmp_path, capsys):
+    photo, mask, result = tmp_path / "photo.jpg", tmp_path / "mask.png", tmp_path / "result.jpg"
+    _save(str(photo), _photo("rocket", (40, 32)))
+    hole = np.zeros((32, 40), np.uint8)
+    hole[8:24, 8:24] = 255
+    _save(str(mask), hole)
+    args = ["--checkpoint", small_checkpoint, "--image", str(photo), "--mask", str(mask), "--output", str(result)]
+    assert predict.main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"wrote 1 of 1 results to {result}\n"
+    assert "compiling the model for 32x40 images, batch 1" in captured.err
+    with Image.open(result) as written:
+        assert written.format == "JPEG" and written.size == (40, 32)
+    # A failing photo is the run's one error line.
+    _save(str(mask), hole[:16])
+    assert predict.main(args) == 1
+    assert capsys.readouterr().err == f"error: mask {str(mask)!r} is 16x40 but image {str(photo)!r} is 32x40\n"
+
+
+def test_compile_notes_only_on_the_first_use_of_a_size(small_checkpoint, eval_folder, tmp_path):
+    data, _ = eval_folder
+    fresh = Inpainter.from_checkpoint(small_checkpoint)
+    notes = []
+    predict.predict_folder(fresh, data, str(tmp_path / "a"), batch_size=4, notify=notes.append)
+    assert [n.split(" images")[0] for n in notes[::2]] == ["compiling the model for 64x64", "compiling the model for 48x80"]
+    assert all(n.startswith("compiled and inpainted in ") for n in notes[1::2])
+    notes.clear()
+    predict.predict_folder(fresh, data, str(tmp_path / "b"), batch_size=4, notify=notes.append)
+    assert notes == []
+
+
+def test_refine_flag_defaults_are_the_refiners():
+    assert RefinementOptions(**predict.REFINE_DEFAULTS) == RefinementOptions()
