@@ -509,9 +509,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Request lines and failures on stderr; other libraries' loggers keep their own levels.
-    handler = logging.StreamHandler()
-    handler.setFormatter(cli.short_log_formatter())
-    log.addHandler(handler)
+    if not log.handlers:  # main may run more than once in a process (tests)
+        handler = logging.StreamHandler()
+        handler.setFormatter(cli.short_log_formatter())
+        log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False  # absl installs a root handler that would print each line again
     limits = Limits(

@@ -4,6 +4,7 @@ import base64
 import http.client
 import io
 import json
+import logging
 import urllib.error
 import urllib.request
 
@@ -119,8 +120,22 @@ def test_inpaint_round_trip_changes_only_the_hole_and_compiles_once(server, app,
     hole = box_mask(HEIGHT, WIDTH, 100, 150, 180, 300)
     fields = {"image": PHOTO.read_bytes(), "mask": png_bytes(hole), "refine": b"0"}
 
-    status, first = post_inpaint(server, fields)
-    assert status == 200, first
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    demo.log.addHandler(handler)
+    monkeypatch.setattr(demo.log, "level", logging.INFO)
+    try:
+        status, first = post_inpaint(server, fields)
+        assert status == 200, first
+        # Said before the model runs: compiling takes long and the page waits for the reply.
+        assert logged[0] == "compiling the model for 770x512 px (once per size)..."
+        assert logged[1] == first["message"]
+        del logged[:]
+        status, second = post_inpaint(server, fields)
+        assert not any(m.startswith("compiling") for m in logged)
+    finally:
+        demo.log.removeHandler(handler)
     result = decode_data_url(first["result"])
     assert result.shape == rgb.shape and result.dtype == np.uint8
     inside = hole > 0
@@ -132,7 +147,6 @@ def test_inpaint_round_trip_changes_only_the_hole_and_compiles_once(server, app,
     assert first["model_size"] == [WIDTH, HEIGHT] and not first["refined"]
 
     assert first["compiled"] and first["message"].endswith("(including compiling the model for this size).")
-    status, second = post_inpaint(server, fields)
     assert status == 200
     assert not second["compiled"] and "compiling" not in second["message"]
     assert second["message"].startswith("Inpainted 770x512 px in ")
