@@ -202,3 +202,8 @@ def test_available_metrics_follow_the_weights_given():
     metrics, skipped = evaluate.available_metrics(lpips_weights="vgg.pth", vgg_weights="vgg16.pth")
     assert metrics == ("ssim", "psnr", "l1", "lpips") and list(skipped) == ["fid"]
     assert evaluate.available_metrics(inception_weights="i.pth")[0][-1] == "fid"
+
+
+def test_predictions_are_named_after_the_mask_or_after_a_photo_with_one_mask():
+    assert evaluate.prediction_relpath("sub/img1_crop000_mask000.png") == "sub/img1_crop000_mask000.png"  # LaMa
+    assert evaluate.prediction_relpath("sub/cat_mask.png") == "sub/cat.png"  # what predict writes for a photo

@@ -92,8 +92,9 @@ def build(input_dir: str | pathlib.Path, *, name: str, data_dir: str | pathlib.P
           split: str = "train") -> tfds.core.DatasetBuilder:
     """Prepares data set ``name`` from ``input_dir`` into ``data_dir``; returns its builder."""
     input_dir = pathlib.Path(input_dir)
+    builder_type = builder_class(name, split)
     sources.ImageFolderSource(input_dir)  # a missing or empty folder is said here, not deep inside TFDS
-    builder = builder_class(name, split)(data_dir=str(data_dir))
+    builder = builder_type(data_dir=str(data_dir))
     builder.download_and_prepare(
         file_format="array_record",
         download_config=tfds.download.DownloadConfig(manual_dir=str(input_dir)))
