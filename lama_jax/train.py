@@ -43,6 +43,7 @@ import math
 import pathlib
 import re
 import signal
+import sys
 import threading
 import time
 from typing import Any, Dict, Mapping, Optional
@@ -616,6 +617,11 @@ def parse_flags(argv):
         except AttributeError as e:  # ml_collections' locked config rejects a new key this way
             message = _unknown_override(argv[1:]) or f"invalid --config override: {e}"
             raise flags.IllegalFlagValueError(message) from None
+    except SystemExit as e:
+        # absl's help flags exit with status 1 after printing the help; asking for help is no error.
+        if e.code == 1 and any(arg.lstrip("-") in ("help", "helpshort", "helpfull", "?") for arg in argv[1:]):
+            sys.exit(0)
+        raise
     except flags.Error as e:
         missing = re.findall(r"Flag (--\w+) must have a value other than None", str(e))
         message = f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required" if missing else e

@@ -94,6 +94,15 @@ def test_train_process_prints_one_line_and_no_traceback(tmp_path):
     assert result.stderr.startswith("error: --config: config 'tinyy'") and result.stderr.count("\n") == 1, result.stderr
 
 
+def test_train_help_is_for_users():
+    result = subprocess.run([sys.executable, "-m", "lama_jax.train", "--help"], cwd=REPO, capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0
+    assert result.stdout.startswith("Trains LaMa, or resumes the run in --workdir.\n")
+    assert "--workdir: Run directory" in result.stdout and "--[no]verbose" in result.stdout
+    assert "Workdir layout" not in result.stdout and "train_and_evaluate" not in result.stdout  # developer notes
+
+
 # ---------------------------------------------------------------------------------------------
 # convert, export
 

@@ -124,7 +124,8 @@ def test_inpaint_round_trip_changes_only_the_hole_and_compiles_once(server, app,
     handler = logging.Handler()
     handler.emit = lambda record: logged.append(record.getMessage())
     demo.log.addHandler(handler)
-    monkeypatch.setattr(demo.log, "level", logging.INFO)
+    level = demo.log.level
+    demo.log.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the logger's isEnabledFor cache
     try:
         status, first = post_inpaint(server, fields)
         assert status == 200, first
@@ -136,6 +137,7 @@ def test_inpaint_round_trip_changes_only_the_hole_and_compiles_once(server, app,
         assert not any(m.startswith("compiling") for m in logged)
     finally:
         demo.log.removeHandler(handler)
+        demo.log.setLevel(level)
     result = decode_data_url(first["result"])
     assert result.shape == rgb.shape and result.dtype == np.uint8
     inside = hole > 0
