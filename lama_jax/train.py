@@ -651,7 +651,9 @@ def main(argv) -> None:
                                    process_id=_PROCESS_ID.value)
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (TrainingError, train_checkpoint.TrainCheckpointError, model_checkpoint.CheckpointError) as e:
+    # FileNotFoundError: data, weights or an init_from the config names that is not there.
+    except (TrainingError, train_checkpoint.TrainCheckpointError, model_checkpoint.CheckpointError,
+            FileNotFoundError) as e:
         cli.exit_with_error(e, cli.INPUT_STATUS)
 
 

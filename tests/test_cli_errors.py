@@ -47,12 +47,20 @@ def _save(path, array):
 def train_flags(monkeypatch):
     """train's flag parser on the process-wide absl FLAGS, reset afterwards for the other tests."""
 
+    def forget_overrides():
+        # ml_collections defines a `config.<key>` flag per override it parses; a second parse in one process
+        # would define it again.
+        for name in [name for name in flags.FLAGS if name.startswith("config.")]:
+            delattr(flags.FLAGS, name)
+
     def parse(args):
+        forget_overrides()
         argv = ["train", *args]
         monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads --config.key overrides from sys.argv
         return train.parse_flags(argv)
 
     yield parse
+    forget_overrides()
     flags.FLAGS.unparse_flags()
     flags.FLAGS.mark_as_parsed()  # as conftest leaves it
 
@@ -84,6 +92,12 @@ def test_train_workdir_that_is_a_file_and_config_mistakes(train_flags, tmp_path,
     assert not (tmp_path / "run").exists()
     argv = train_flags(["--config", "tiny", "--workdir", str(tmp_path / "run")])
     assert one_error_line(capsys, train.main, [*argv, "extra"]).startswith("error: unexpected arguments: extra")
+    argv = train_flags(["--config", "tiny", "--workdir", str(tmp_path / "run"), "--config.data.source=tfds",
+                        "--config.data.tfds_name=my_photos", f"--config.data.tfds_data_dir={tmp_path}",
+                        "--config.batch_size=8", "--config.eval.batch_size=8"])
+    err = one_error_line(capsys, train.main, argv)
+    assert err.startswith(f"error: TFDS data set 'my_photos' split 'train' is not prepared in {tmp_path} (")
+    assert "python -m lama_jax.data.build_tfds --input DIR --name my_photos" in err
 
 
 def test_train_process_prints_one_line_and_no_traceback(tmp_path):
