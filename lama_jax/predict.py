@@ -316,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
         if args.input is not None:
             samples = list_folder(args.input, args.output)
+            if is_image_path(args.output) and len(samples) == 1:  # a folder of one photo, into one file
+                samples = [dataclasses.replace(samples[0], prediction=args.output)]
         else:
             samples = [_single_sample(args.image, args.mask, args.output)]
         check_outputs(samples, args.output)

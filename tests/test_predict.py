@@ -200,6 +200,11 @@ def test_a_folder_of_photos_with_masks_in_any_common_format(small_checkpoint, in
         expected = predict.to_uint8(inpainter(image[None], (mask[None] > 0).astype(np.float32))[0])
         result = _load(str(out / (os.path.splitext(image_name)[0] + ".png")))
         assert np.abs(result.astype(int) - expected).max() <= 1, image_name
+    # A folder holding one photo may go to one file.
+    assert predict.main(["--checkpoint", small_checkpoint, "--input", str(photos / "sub"),
+                         "--output", str(tmp_path / "owl.webp")]) == 0
+    with Image.open(tmp_path / "owl.webp") as written:
+        assert written.format == "WEBP" and written.size == (64, 48)
 
 
 def test_one_photo_to_a_jpeg_file(small_checkpoint, tmp_path, capsys):
