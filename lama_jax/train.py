@@ -101,6 +101,14 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise TrainingError(f"config.eval.best_mode must be 'max' or 'min', got {config.eval.best_mode!r}")
     if config.keep_checkpoints < 1:
         raise TrainingError(f"config.keep_checkpoints must be at least 1, got {config.keep_checkpoints}")
+    # Masks that cannot fit the crop would otherwise fail in the first batch, deep inside Grain.
+    try:
+        masks = pipeline.train_mask_generator(config.data)
+        if not masks.needs_labels:
+            masks(np.random.default_rng(0), config.data.crop_size, config.data.crop_size)
+    except (KeyError, TypeError, ValueError) as e:
+        raise TrainingError(f"config.data.mask = {config.data.mask!r} with crop_size = {config.data.crop_size}: "
+                            f"{e}") from None
 
 
 def _resnet_pl_variables(config: ml_collections.ConfigDict, init_networks: Mapping[str, Any]):

@@ -320,6 +320,7 @@ def test_missing_perceptual_encoder_says_how_to_convert_it(tmp_path):
      r"\['ssim', 'fid', 'ssim_fid100_f1'\]"),
     ({"eval.best_mode": "maximum"}, "best_mode must be 'max' or 'min', got 'maximum'"),
     ({"train.batch_norm": "sync"}, r"config.train.batch_norm = 'sync'; expected one of"),
+    ({"data.crop_size": 3}, r"config.data.mask = 'train_mixed' with crop_size = 3: box masks .* do not fit a 3x3"),
 ])
 def test_config_mistakes_stop_the_run_before_any_work(tmp_path, overrides, message):
     with pytest.raises(train.TrainingError, match=message):
