@@ -226,15 +226,18 @@ def test_one_photo_to_a_jpeg_file(small_checkpoint, tmp_path, capsys):
     assert capsys.readouterr().err == f"error: mask {str(mask)!r} is 16x40 but image {str(photo)!r} is 32x40\n"
 
 
-def test_compile_notes_only_on_the_first_use_of_a_size(small_checkpoint, eval_folder, tmp_path):
-    data, _ = eval_folder
+def test_compile_notes_only_on_the_first_use_of_a_size(small_checkpoint, tmp_path):
+    photos = tmp_path / "photos"
+    for name in ("a", "b"):
+        _save(str(photos / f"{name}.png"), _photo("coffee", (40, 32)))
+        _save(str(photos / f"{name}_mask.png"), np.full((32, 40), 255, np.uint8))
     fresh = Inpainter.from_checkpoint(small_checkpoint)
     notes = []
-    predict.predict_folder(fresh, data, str(tmp_path / "a"), batch_size=4, notify=notes.append)
-    assert [n.split(" images")[0] for n in notes[::2]] == ["compiling the model for 64x64", "compiling the model for 48x80"]
-    assert all(n.startswith("compiled and inpainted in ") for n in notes[1::2])
+    predict.predict_folder(fresh, str(photos), str(tmp_path / "a"), batch_size=2, notify=notes.append)
+    assert len(notes) == 2 and notes[0] == "compiling the model for 32x40 images, batch 2 (once per size)..."
+    assert notes[1].startswith("compiled and inpainted in ")
     notes.clear()
-    predict.predict_folder(fresh, data, str(tmp_path / "b"), batch_size=4, notify=notes.append)
+    predict.predict_folder(fresh, str(photos), str(tmp_path / "b"), batch_size=2, notify=notes.append)
     assert notes == []
 
 
