@@ -1,8 +1,9 @@
 """Every command line answers common mistakes with one `error: ...` line on stderr and a non-zero exit.
 
 The CLIs are called in-process (`main(argv)`, or train's flag parser), which is
-what `python -m` runs; one subprocess checks that train's process output has
-no traceback, and one that `predict --help` loads no heavy module.
+what `python -m` runs. Subprocesses check what only a process shows: train's
+output without a traceback, train's `--help` (absl prints `__main__`'s
+docstring), and that `predict --help` loads no heavy module.
 """
 
 import os
