@@ -75,6 +75,10 @@ def save_model(directory, variables: Dict[str, Any], model_config, *, source: st
 def read_metadata(directory) -> Dict[str, Any]:
     directory = pathlib.Path(directory)
     path = directory / METADATA_FILE
+    if not directory.exists():
+        raise CheckpointError(
+            f"{directory}: does not exist. Make a model checkpoint with `python -m lama_jax.convert` (official "
+            "PyTorch weights) or `python -m lama_jax.export` (a training run).")
     if not path.is_file():
         raise CheckpointError(
             f"{directory}: not a lama_jax model checkpoint (no {METADATA_FILE}). Make one with "

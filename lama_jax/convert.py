@@ -1,7 +1,8 @@
 """Import official PyTorch LaMa weights into Flax variables, and the `convert` CLI.
 
-    python -m lama_jax.convert --config configs/big_lama.py \
-        --torch-checkpoint big-lama/models/best.ckpt --output checkpoints/big_lama
+    python -m lama_jax.convert --torch-checkpoint big-lama/models/best.ckpt --output checkpoints/big_lama
+
+(`--config` defaults to the packaged big_lama; give `lama_fourier` or a file for other weights)
 
 reads a Lightning `.ckpt` (keys `generator.*`, optionally `discriminator.*`)
 or a plain state-dict `.pth` (the generator's keys, or the ADE20k
@@ -14,6 +15,7 @@ truth; the layout rules are in docs/parity.md, "Checkpoint conversion".
 """
 
 import re
+import sys
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import jax
@@ -252,30 +254,34 @@ def convert_checkpoint(path, model_config, network: str = "auto"):
     return {network: converters[network](state)}
 
 
-def main(argv=None):
-    import argparse
-
-    from lama_jax import checkpoint
+def main(argv=None) -> int:
+    from lama_jax import checkpoint, cli
     from lama_jax.config_loader import load_config
     from lama_jax.torch_pickle import CheckpointFormatError, UnsafeCheckpointError
 
-    parser = argparse.ArgumentParser(prog="python -m lama_jax.convert", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/big_lama.py", help="config whose `model` section fits the weights")
-    parser.add_argument("--torch-checkpoint", required=True, help="PyTorch .ckpt (Lightning) or .pth file")
-    parser.add_argument("--output", required=True, help="directory for the model checkpoint")
-    parser.add_argument("--network", default="auto", choices=["auto", *LIGHTNING_PREFIXES])
+    parser = cli.ArgumentParser(prog="python -m lama_jax.convert",
+                                description="Convert official PyTorch LaMa weights into a lama_jax model checkpoint.")
+    parser.add_argument("--config", default="big_lama",
+                        help="config whose `model` section fits the weights: a packaged name (big_lama, "
+                             "lama_fourier, tiny) or a config file (default %(default)s)")
+    parser.add_argument("--torch-checkpoint", required=True,
+                        help="PyTorch .ckpt (Lightning, e.g. big-lama/models/best.ckpt) or .pth file")
+    parser.add_argument("--output", required=True, help="new folder for the model checkpoint")
+    parser.add_argument("--network", default="auto", choices=["auto", *LIGHTNING_PREFIXES],
+                        help="which network the file holds (default: tell from its keys)")
     args = parser.parse_args(argv)
 
-    model_config = load_config(args.config).model.to_dict()
     try:
+        model_config = load_config(args.config).model.to_dict()
         networks = convert_checkpoint(args.torch_checkpoint, model_config, args.network)
         output = checkpoint.save_model(args.output, networks, model_config, source=args.torch_checkpoint)
     except (ConversionError, checkpoint.CheckpointError, CheckpointFormatError, UnsafeCheckpointError, OSError) as e:
-        raise SystemExit(f"error: {e}") from None
+        return cli.error(e)
     for name, variables in networks.items():
         print(f"{name}: {checkpoint.parameter_count(variables):,} parameters")
     print(f"wrote {output}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -66,6 +66,8 @@ from typing import Callable, Dict, Optional
 import numpy as np
 from PIL import Image, ImageOps
 
+from lama_jax import cli
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 INPAINT_PATH = "/api/inpaint"
@@ -219,6 +221,14 @@ def _run(inpaint: InpaintFn, rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return _to_uint8(np.asarray(inpaint(image, mask))[0])
 
 
+def model_size_for(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """(width, height) the model runs at: the photo's own, or scaled down to about `max_pixels`."""
+    if height * width <= max_pixels:
+        return width, height
+    scale = (max_pixels / (height * width)) ** 0.5
+    return max(MIN_SIDE, int(width * scale)), max(MIN_SIDE, int(height * scale))
+
+
 def inpaint_photo(inpaint: InpaintFn, rgb: np.ndarray, hole: np.ndarray, max_pixels: int):
     """Fills `hole` of uint8 `rgb`; returns (uint8 result, (width, height) the model ran at).
 
@@ -226,11 +236,10 @@ def inpaint_photo(inpaint: InpaintFn, rgb: np.ndarray, hole: np.ndarray, max_pix
     upscaled into the hole. Either way the pixels outside the hole are the input's.
     """
     height, width = hole.shape
-    if height * width <= max_pixels:
-        filled, model_size = _run(inpaint, rgb, hole), (width, height)
+    model_size = model_size_for(width, height, max_pixels)
+    if model_size == (width, height):
+        filled = _run(inpaint, rgb, hole)
     else:
-        scale = (max_pixels / (height * width)) ** 0.5
-        model_size = (max(MIN_SIDE, int(width * scale)), max(MIN_SIDE, int(height * scale)))
         small_rgb = np.asarray(Image.fromarray(rgb).resize(model_size, Image.Resampling.LANCZOS))
         # Any coverage makes a hole pixel, so the small hole contains the full-size one.
         small_hole = np.asarray(Image.fromarray(hole.astype(np.uint8) * 255).resize(model_size, Image.Resampling.BOX)) > 0
@@ -251,6 +260,7 @@ class DemoApp:
         self.samples = sample_photos() if samples is None else samples
         # One inpaint already uses every core; concurrent ones would only slow each other down.
         self._model_lock = threading.Lock()
+        self._model_sizes = set()  # (refine, width, height) inpainted at least once
 
     def status(self) -> dict:
         if self.refinement is not None:
@@ -289,14 +299,20 @@ class DemoApp:
         else:
             model, compiled_shapes = self.inpainter, self.inpainter.compiled_shapes
             max_pixels = self.limits.max_inpaint_pixels
+        size_key = (refine, *model_size_for(width, height, max_pixels))
+        if size_key not in self._model_sizes:  # said first: compiling can take a minute, with no reply meanwhile
+            log.info("compiling the model for %dx%d px%s (once per size)...", size_key[1], size_key[2],
+                     " with refinement" if refine else "")
         with self._model_lock:
             compiled_before = compiled_shapes()
             start = time.perf_counter()
             result, (model_width, model_height) = inpaint_photo(model, rgb, hole, max_pixels)
             seconds = time.perf_counter() - start
             compiled = compiled_shapes() > compiled_before
+            self._model_sizes.add(size_key)
         message = f"Inpainted {width}x{height} px{' with refinement' if refine else ''} in {seconds:.2f} s"
         message += " (including compiling the model for this size)." if compiled else "."
+        log.info("%s", message)
         if (model_width, model_height) != (width, height):
             message += (
                 f" The photo ({_pixel_count(width * height)}) is above the {_pixel_count(max_pixels)} that "
@@ -465,27 +481,38 @@ def _is_loopback(host: str) -> bool:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lama_jax.demo", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m lama_jax.demo",
+                                description="Serve a local web page that inpaints what you paint over.")
     parser.add_argument("--checkpoint", help="model checkpoint directory (lama_jax.convert or lama_jax.export output)")
     parser.add_argument("--host", default=DEFAULT_HOST,
-                        help="address to bind; anything but loopback exposes the page to your network")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+                        help="address to bind; anything but loopback exposes the page to your network "
+                             "(default %(default)s)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="default %(default)s")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="model compute type (default %(default)s)")
     parser.add_argument("--max-upload-mb", type=float, default=Limits.max_upload_bytes / 2**20,
-                        help="largest request body accepted (image plus mask), MiB")
+                        help="largest request body accepted (image plus mask), MiB (default %(default)s)")
     parser.add_argument("--max-megapixels", type=float, default=Limits.max_image_pixels / 1e6,
-                        help="largest photo accepted, in decoded pixels")
+                        help="largest photo accepted, in decoded pixels (default %(default)s)")
     parser.add_argument("--max-inpaint-megapixels", type=float, default=Limits.max_inpaint_pixels / 1e6,
-                        help="larger photos are inpainted at this size and the fill is upscaled into the hole")
-    return parser.parse_args(argv)
+                        help="larger photos are inpainted at this size and the fill is upscaled into the hole "
+                             "(default %(default)s)")
+    args = parser.parse_args(argv)
+    for flag in ("max_upload_mb", "max_megapixels", "max_inpaint_megapixels"):
+        if not getattr(args, flag) > 0:
+            parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if not 0 <= args.port < 65536:
+        parser.error(f"--port must be in 0..65535, got {args.port}")
+    return args
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     args = parse_args(argv)
     # Request lines and failures on stderr; other libraries' loggers keep their own levels.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
+    if not log.handlers:  # main may run more than once in a process (tests)
+        handler = logging.StreamHandler()
+        handler.setFormatter(cli.short_log_formatter())
+        log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False  # absl installs a root handler that would print each line again
     limits = Limits(
@@ -498,17 +525,22 @@ def main(argv=None) -> None:
     try:
         app = load_app(args.checkpoint, limits=limits, dtype=args.dtype)
     except (CheckpointError, OSError) as e:
-        raise SystemExit(f"error: {e}") from None
+        return cli.error(e)
+    try:
+        server = DemoServer(app, args.host, args.port)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        return cli.error(f"cannot serve on {args.host}:{args.port} ({e}); choose another --port or --host")
     print(app.model_description or NO_WEIGHTS_MESSAGE, file=sys.stderr)
     if not _is_loopback(args.host):
         print(f"warning: serving on {args.host}: anyone who can reach this machine can use the page", file=sys.stderr)
-    with DemoServer(app, args.host, args.port) as server:
+    with server:
         print(f"serving {server.url} (Ctrl+C stops)", file=sys.stderr)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
             pass
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,15 +1,20 @@
 """Scores saved inpainting results against ground truth with LaMa's evaluation protocol.
 
     python -m lama_jax.evaluate --data DIR --predictions DIR --output report.json \\
-        [--metrics ssim,psnr,lpips,fid] \\
-        [--lpips-weights vgg.pth --vgg-weights vgg16-397923af.pth \\
-         --inception-weights pt_inception-2015-12-05-6726825d.pth]
+        [--lpips-weights vgg.pth --vgg-weights vgg16-397923af.pth] \\
+        [--inception-weights pt_inception-2015-12-05-6726825d.pth] [--metrics ssim,psnr,l1,lpips,fid]
+
+Without --metrics it computes what it can with what it was given: SSIM, PSNR
+and L1 always, LPIPS with the LPIPS weights, FID with the Inception weights;
+it says which it skipped and the flags that enable them. An explicit --metrics
+naming a network metric whose weights are missing is an error.
 
 Folder layout (LaMa's `bin/evaluate_predicts.py` with the eval2 configs):
 every `*mask*.png` under --data (recursive, sorted) is a sample; its image is the
 mask path cut at the last "_mask" plus ".png", and its prediction is the mask
 path relative to --data, under --predictions, with suffix ".png" (the names
-LaMa's predict writes). Images are RGB, masks grayscale, both divided by 255;
+LaMa's predict writes), except that a mask named `<image>_mask.png` has its
+prediction named after the image, `<image>.png` (as `lama_jax.predict` writes). Images are RGB, masks grayscale, both divided by 255;
 the mask area (its mean) picks one of ten bins with the offline rule.
 
 Before any image is scored every sample's files are checked; if any image or
@@ -40,6 +45,7 @@ import numpy as np
 import tqdm
 from PIL import Image
 
+from lama_jax import cli
 from lama_jax import eval_weights
 from lama_jax import metrics as metrics_lib
 from lama_jax import torch_pickle
@@ -47,7 +53,6 @@ from lama_jax.data import sources
 from lama_jax.models import inception as inception_lib
 from lama_jax.models import lpips as lpips_lib
 
-DEFAULT_METRICS = ("ssim", "psnr", "lpips", "fid")
 IMAGE_SUFFIX = ".png"
 PREDICTION_SUFFIX = ".png"
 DEFAULT_BATCH_SIZE = 8  # LaMa's eval2 configs
@@ -63,6 +68,13 @@ class Sample:
     prediction: str
 
 
+def prediction_relpath(mask_relpath: str) -> str:
+    """The prediction's path relative to the predictions folder: the mask's (LaMa's `x_mask000.png`), or the
+    image's when the mask is `<image>_mask.<ext>` (one mask per photo, so the result is the photo's)."""
+    stem = os.path.splitext(mask_relpath)[0]
+    return stem.removesuffix("_mask") + PREDICTION_SUFFIX
+
+
 def list_samples(data_dir: str, predictions_dir: str) -> list[Sample]:
     """Every `*mask*.png` under data_dir (recursive, sorted) with its image and prediction paths, unchecked."""
     samples = []
@@ -72,7 +84,7 @@ def list_samples(data_dir: str, predictions_dir: str) -> list[Sample]:
             Sample(
                 mask=mask,
                 image=str(sources.mask_image_path(mask, IMAGE_SUFFIX)),
-                prediction=os.path.join(predictions_dir, os.path.splitext(relative)[0] + PREDICTION_SUFFIX),
+                prediction=os.path.join(predictions_dir, prediction_relpath(relative)),
             )
         )
     return samples
@@ -158,8 +170,30 @@ def parse_metrics(spec: str | Sequence[str]) -> tuple[str, ...]:
     return names
 
 
+def available_metrics(lpips_weights: str | None = None, vgg_weights: str | None = None,
+                      inception_weights: str | None = None) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(metrics computable with the weights given, {skipped metric: why, and the flags that enable it}).
+
+    A network metric counts as asked for once any of its weights flags is given; a missing file is then
+    reported when the weights are loaded.
+    """
+    metrics, skipped = list(metrics_lib.PAIRWISE_METRICS), {}
+    if lpips_weights or vgg_weights:
+        metrics.append("lpips")
+    else:
+        skipped["lpips"] = (f"needs {eval_weights.LPIPS_HEADS.flag} {eval_weights.LPIPS_HEADS.filename} "
+                            f"({eval_weights.LPIPS_HEADS.url}) and {eval_weights.VGG16_IMAGENET.flag} "
+                            f"{eval_weights.VGG16_IMAGENET.filename} ({eval_weights.VGG16_IMAGENET.url})")
+    if inception_weights:
+        metrics.append("fid")
+    else:
+        skipped["fid"] = (f"needs {eval_weights.FID_INCEPTION.flag} {eval_weights.FID_INCEPTION.filename} "
+                          f"({eval_weights.FID_INCEPTION.url})")
+    return tuple(metrics), skipped
+
+
 def build_evaluator(
-    metrics: Sequence[str] = DEFAULT_METRICS,
+    metrics: Sequence[str] = metrics_lib.PAIRWISE_METRICS,
     *,
     lpips_weights: str | None = None,
     vgg_weights: str | None = None,
@@ -192,7 +226,7 @@ def build_evaluator(
 def evaluate_folders(
     data_dir: str,
     predictions_dir: str,
-    metrics: Sequence[str] = DEFAULT_METRICS,
+    metrics: Sequence[str] | None = None,
     *,
     lpips_weights: str | None = None,
     vgg_weights: str | None = None,
@@ -204,11 +238,14 @@ def evaluate_folders(
 ) -> dict:
     """Scores a LaMa-layout folder of predictions; returns the report dict (see `InpaintingEvaluator.result`).
 
-    The report also holds "images_per_s", measured from the first image read to the
-    finished report (weights loading and the sample search excluded).
+    `metrics=None` computes those the given weights allow (`available_metrics`). The report also holds
+    "images_per_s", measured from the first image read to the finished report (weights loading and the
+    sample search excluded).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if metrics is None:
+        metrics = available_metrics(lpips_weights, vgg_weights, inception_weights)[0]
     evaluator = build_evaluator(
         metrics,
         lpips_weights=lpips_weights,
@@ -250,7 +287,7 @@ def write_report(report: dict, json_path: str) -> str:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m lama_jax.evaluate",
         description="Score inpainted predictions with LaMa's metrics (SSIM, PSNR, L1, LPIPS, FID).",
     )
@@ -259,23 +296,29 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="report JSON path; the TSV table goes next to it")
     parser.add_argument(
         "--metrics",
-        default=",".join(DEFAULT_METRICS),
-        help=f"comma-separated subset of {','.join(metrics_lib.ALL_METRICS)} (default %(default)s)",
+        help=f"comma-separated subset of {','.join(metrics_lib.ALL_METRICS)} (default: ssim, psnr and l1, plus "
+        "lpips and fid when their weights are given)",
     )
     parser.add_argument("--lpips-weights", help=f"LPIPS v0.1 heads, {eval_weights.LPIPS_HEADS.filename}")
     parser.add_argument("--vgg-weights", help=f"torchvision VGG16, {eval_weights.VGG16_IMAGENET.filename}")
     parser.add_argument("--inception-weights", help=f"FID Inception, {eval_weights.FID_INCEPTION.filename}")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="default %(default)s")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
+        if args.metrics is None:
+            metrics, skipped = available_metrics(args.lpips_weights, args.vgg_weights, args.inception_weights)
+            for name, reason in skipped.items():
+                print(f"skipping {name}: it {reason}", file=sys.stderr)
+        else:
+            metrics = parse_metrics(args.metrics)
         report = evaluate_folders(
             args.data,
             args.predictions,
-            parse_metrics(args.metrics),
+            metrics,
             lpips_weights=args.lpips_weights,
             vgg_weights=args.vgg_weights,
             inception_weights=args.inception_weights,
@@ -288,8 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch_pickle.CheckpointFormatError,
         torch_pickle.UnsafeCheckpointError,
     ) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return cli.error(err)
     tsv_path = write_report(report, args.output)
     print(metrics_lib.report_to_tsv(report), end="")
     print(

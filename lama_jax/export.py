@@ -31,9 +31,9 @@ This is the portable form ONNX cannot give (its exporters fail on rfft).
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
+import sys
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lama_jax import checkpoint as model_checkpoint
+from lama_jax import cli
 from lama_jax import inference
 from lama_jax import train_checkpoint
 from lama_jax.models import build_generator
@@ -135,8 +136,9 @@ def export_workdir(workdir, output, *, step: Optional[int] = None, best: bool = 
     return manifest
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lama_jax.export", description=__doc__.split("\n")[0])
+def main(argv=None) -> int:
+    parser = cli.ArgumentParser(prog="python -m lama_jax.export",
+                                description="Turn a training run into a model checkpoint and a StableHLO artifact.")
     parser.add_argument("--workdir", required=True, help="a lama_jax.train workdir")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
@@ -150,14 +152,15 @@ def main(argv=None) -> None:
     try:
         manifest = export_workdir(args.workdir, args.output, step=args.step, best=args.best,
                                   stablehlo=not args.no_stablehlo, platforms=platforms)
-    except (ValueError, model_checkpoint.CheckpointError, train_checkpoint.TrainCheckpointError) as e:
-        raise SystemExit(f"error: {e}") from None
+    except (OSError, ValueError, model_checkpoint.CheckpointError, train_checkpoint.TrainCheckpointError) as e:
+        return cli.error(e)
     output = pathlib.Path(args.output).absolute()
     print(f"model checkpoint of {manifest['source']}: {output}")
     if "artifact" in manifest:
         artifact = manifest["artifact"]
         print(f"  {output / artifact['file']}: any batch, {artifact['sizes']} ({', '.join(artifact['platforms'])})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

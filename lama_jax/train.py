@@ -41,6 +41,7 @@ import json
 import logging as pylogging
 import math
 import pathlib
+import re
 import signal
 import sys
 import threading
@@ -56,6 +57,7 @@ from ml_collections import config_flags
 
 from lama_jax import aot
 from lama_jax import checkpoint as model_checkpoint
+from lama_jax import cli
 from lama_jax import compilation_cache
 from lama_jax import evaluate as evaluate_lib
 from lama_jax import metrics as metrics_lib
@@ -102,6 +104,14 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise TrainingError(f"config.eval.best_mode must be 'max' or 'min', got {config.eval.best_mode!r}")
     if config.keep_checkpoints < 1:
         raise TrainingError(f"config.keep_checkpoints must be at least 1, got {config.keep_checkpoints}")
+    # Masks that cannot fit the crop would otherwise fail in the first batch, deep inside Grain.
+    try:
+        masks = pipeline.train_mask_generator(config.data)
+        if not masks.needs_labels:
+            masks(np.random.default_rng(0), config.data.crop_size, config.data.crop_size)
+    except (KeyError, TypeError, ValueError) as e:
+        raise TrainingError(f"config.data.mask = {config.data.mask!r} with crop_size = {config.data.crop_size}: "
+                            f"{e}") from None
     try:
         platform_choices.unroll_blocks(config.model.generator.block_loop)
         platform_choices.fft_impl(config.model.generator.fft_impl)
@@ -129,7 +139,7 @@ def compile_train_step(step_fn, state, config: ml_collections.ConfigDict, mesh):
     when JAX's persistent compilation cache holds the program).
     """
     batch = aot.abstract_batch(mesh, config.batch_size, config.data.crop_size)
-    logging.info("Compiling the train step (first launch only when the compilation cache holds it) ...")
+    logging.info("compiling the train step; this takes a while (first time only with the compilation cache)")
     started = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
     report = dict(
@@ -138,7 +148,7 @@ def compile_train_step(step_fn, state, config: ml_collections.ConfigDict, mesh):
                     for name in ("generator", "discriminator", "resnet_pl") if name in state},
         **aot.describe_compiled(compiled, device_kind=jax.devices()[0].device_kind,
                                 batch_per_step=config.batch_size))
-    logging.info("Train step compiled in %.1f s: %s", report["compile_s"], aot.format_program_report(report))
+    logging.info("train step compiled in %.1f s: %s", report["compile_s"], aot.format_program_report(report))
     return compiled, report
 
 
@@ -157,9 +167,9 @@ def _resnet_pl_variables(config: ml_collections.ConfigDict, init_networks: Mappi
         raise TrainingError(
             f"config.losses.resnet_pl_weights = {path!r} is not a converted ADE20k encoder, which the "
             f"perceptual loss (resnet_pl_weight = {config.losses.resnet_pl_weight}) needs. Download "
-            f"encoder_epoch_20.pth from {RESNET_PL_URL} and convert it:\n"
-            f"    python -m lama_jax.convert --network resnet_pl --torch-checkpoint encoder_epoch_20.pth "
-            f"--output {path or 'checkpoints/ade20k_resnet50dilated'}\n"
+            f"encoder_epoch_20.pth from {RESNET_PL_URL} and convert it with "
+            f"`python -m lama_jax.convert --network resnet_pl --torch-checkpoint encoder_epoch_20.pth "
+            f"--output {path or 'checkpoints/ade20k_resnet50dilated'}`, "
             "or train without that loss: --config.losses.resnet_pl_weight=0")
     return model_checkpoint.load_model(path, networks=["resnet_pl"]).variables["resnet_pl"]
 
@@ -492,8 +502,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Dict[str, 
         _check_finite(step, scalars, last_checkpoint)
         first = step == start_step + 1
         if first:
-            logging.info("step %d took %.1f s (compilation included)", step,
-                         time.perf_counter() - progress.interval_start)
+            logging.info("step %d took %.1f s (compiled before it)", step, time.perf_counter() - progress.interval_start)
         if log:
             scalars.update(progress.interval_scalars(step))
             writer.write(step, scalars, tensorboard_prefix="train")
@@ -565,8 +574,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Dict[str, 
     )
     if summary["steps_per_s"] is not None:
         summary["img_per_s"] = summary["steps_per_s"] * config.batch_size
+    summary_path = workdir / "summary.json"
+    if not last_eval and summary_path.is_file():
+        # This launch validated nothing (e.g. the run was already finished): keep the run's last results.
+        summary["validation"] = json.loads(summary_path.read_text()).get("validation", {})
     if is_chief:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
         logging.info("Run summary: %s", json.dumps(summary))
         logging.info("Checkpoints: %s/checkpoints; metrics: %s; TensorBoard: tensorboard --logdir %s/tensorboard",
                      workdir, writer.path, workdir)
@@ -589,6 +602,19 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (elsewhere).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (elsewhere).")
 flags.mark_flags_as_required(["config", "workdir"])
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Full absl log lines (file, line, thread) and the INFO lines "
+                             "of libraries such as Orbax; by default lines are 'time level message'.")
+
+# What `--help` prints above the flags (absl prints __main__'s docstring, here the developer notes).
+USAGE = """Trains LaMa, or resumes the run in --workdir.
+
+    python -m lama_jax.train --config big_lama --workdir DIR [--config.key=value ...]
+
+--config takes a packaged config (big_lama, lama_fourier, tiny) or a config file;
+--config.key=value overrides any key of it, e.g. --config.batch_size=15. Launch
+the same command again to resume; SIGTERM or Ctrl-C saves and stops. Turn the
+run into a model for predict: python -m lama_jax.export --workdir DIR --output OUT
+"""
 
 
 def _config_spec(argv) -> Optional[str]:
@@ -634,13 +660,24 @@ def _resolve_config_flag(argv):
 
 
 def parse_flags(argv):
-    """absl flag parsing that reports an unknown config key by name instead of a traceback."""
-    argv = _resolve_config_flag(argv)
+    """absl flag parsing whose mistakes (a missing, unknown or bad flag; an unknown config key) end the
+    process with one `error: ...` line and exit status 2 instead of a traceback."""
     try:
-        return flags.FLAGS(argv)
-    except AttributeError as e:  # ml_collections' locked config rejects a new key this way
-        message = _unknown_override(argv[1:]) or f"invalid --config override: {e}"
-        raise flags.IllegalFlagValueError(message) from None
+        resolved = _resolve_config_flag(argv)
+        try:
+            return flags.FLAGS(resolved)
+        except AttributeError as e:  # ml_collections' locked config rejects a new key this way
+            message = _unknown_override(argv[1:]) or f"invalid --config override: {e}"
+            raise flags.IllegalFlagValueError(message) from None
+    except SystemExit as e:
+        # absl's help flags exit with status 1 after printing the help; asking for help is no error.
+        if e.code == 1 and any(arg.lstrip("-") in ("help", "helpshort", "helpfull", "?") for arg in argv[1:]):
+            sys.exit(0)
+        raise
+    except flags.Error as e:
+        missing = re.findall(r"Flag (--\w+) must have a value other than None", str(e))
+        message = f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required" if missing else e
+        cli.exit_with_error(f"{message} (see python -m lama_jax.train --help)")
 
 
 class _LibraryInfoFilter(pylogging.Filter):
@@ -652,17 +689,26 @@ class _LibraryInfoFilter(pylogging.Filter):
 
 def main(argv) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_logger().addFilter(_LibraryInfoFilter())
+        cli.exit_with_error(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value; "
+                            "see python -m lama_jax.train --help)")
+    workdir = pathlib.Path(_WORKDIR.value)
+    if workdir.exists() and not workdir.is_dir():
+        cli.exit_with_error(f"--workdir {workdir} is a file, not a folder; name a new or existing run folder",
+                            cli.INPUT_STATUS)
+    if not _VERBOSE.value:
+        logging.get_absl_logger().addFilter(_LibraryInfoFilter())
+        logging.get_absl_handler().setFormatter(cli.short_log_formatter())
     if _DISTRIBUTED.value:  # before anything touches the devices
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                    process_id=_PROCESS_ID.value)
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (TrainingError, train_checkpoint.TrainCheckpointError, model_checkpoint.CheckpointError) as e:
-        logging.error("%s", e)
-        sys.exit(f"error: {e}")
+    # FileNotFoundError: data, weights or an init_from the config names that is not there.
+    except (TrainingError, train_checkpoint.TrainCheckpointError, model_checkpoint.CheckpointError,
+            FileNotFoundError) as e:
+        cli.exit_with_error(e, cli.INPUT_STATUS)
 
 
 if __name__ == "__main__":
+    __doc__ = USAGE  # pylint: disable=redefined-builtin
     app.run(main, flags_parser=parse_flags)

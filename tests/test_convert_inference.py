@@ -45,7 +45,7 @@ def test_convert_cli_then_inpainter_reproduces_the_fixture(tmp_path, fixtures_di
     ckpt = tmp_path / "best.ckpt"
     write_lightning_checkpoint(ckpt, fixtures_dir)
     out_dir = tmp_path / "converted"
-    convert.main(["--config", str(small_config), "--torch-checkpoint", str(ckpt), "--output", str(out_dir)])
+    assert convert.main(["--config", str(small_config), "--torch-checkpoint", str(ckpt), "--output", str(out_dir)]) == 0
     assert "generator: " in capsys.readouterr().out
 
     model = checkpoint.load_model(out_dir)
@@ -76,13 +76,14 @@ def test_convert_reports_missing_and_unexpected_keys_by_name(tmp_path, fixtures_
     assert "unexpected keys (1): model.99.weight" in str(err.value)
 
 
-def test_convert_shape_mismatch_names_key_and_both_shapes(tmp_path, fixtures_dir, small_config):
+def test_convert_shape_mismatch_names_key_and_both_shapes(tmp_path, fixtures_dir, small_config, capsys):
     ckpt = tmp_path / "wrong.ckpt"
     bad = {"generator.model.1.ffc.convl2l.weight": torch.zeros(16, 4, 5, 5)}
     write_lightning_checkpoint(ckpt, fixtures_dir, with_discriminator=False, extra=bad)
-    with pytest.raises(SystemExit) as err:
-        convert.main(["--config", str(small_config), "--torch-checkpoint", str(ckpt), "--output", str(tmp_path / "o")])
-    message = str(err.value)
+    status = convert.main(["--config", str(small_config), "--torch-checkpoint", str(ckpt),
+                           "--output", str(tmp_path / "o")])
+    message = capsys.readouterr().err
+    assert status == 1 and message.startswith("error: ") and message.count("\n") == 1
     assert "model.1.ffc.convl2l.weight" in message and "(16, 4, 5, 5)" in message and "(16, 4, 7, 7)" in message
     assert not (tmp_path / "o").exists()
 
@@ -112,6 +113,24 @@ def test_inpainter_pads_any_size_and_compiles_once_per_padded_shape(tmp_path, fi
     assert inpainter.compiled_shapes() == 1
     inpainter(np.zeros((1, 64, 64, 3), np.float32), np.zeros((1, 64, 64, 1), np.float32))
     assert inpainter.compiled_shapes() == 2
+
+
+def test_inpainter_takes_uint8_as_0_to_255_and_refuses_other_ranges(fixtures_dir):
+    cfg = dict(ngf=16, n_downsampling=3, n_blocks=2, ratio=0.75, enable_lfu=False)
+    inpainter = Inpainter(cfg, convert.convert_generator(fixture_state_dict(fixtures_dir, "generator_ffc_small"), cfg))
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 16, 24, 3), dtype=np.uint8)
+    mask = np.zeros((1, 16, 24, 1), np.uint8)
+    mask[:, 4:12, 4:12] = 255
+    from_uint8 = inpainter(pixels, mask)
+    assert from_uint8.dtype == np.float32 and 0 <= from_uint8.min() and from_uint8.max() <= 1
+    np.testing.assert_array_equal(from_uint8, inpainter(pixels / np.float32(255), mask / np.float32(255)))
+    with pytest.raises(ValueError, match=r"^image must be uint8 or float in \[0, 1\], got float32 values in "
+                                         r"\[\d+, \d+\]; divide 0-255 values by 255$"):
+        inpainter(pixels.astype(np.float32), mask)
+    with pytest.raises(ValueError, match=r"got float64 values in \[-0.5, 0.5\]$"):
+        inpainter(pixels / 255.0 - 0.5, mask)
+    with pytest.raises(ValueError, match=r"got dtype int64$"):
+        inpainter(pixels.astype(np.int64), mask)
 
 
 def test_pad_to_modulo_is_symmetric_bottom_right():

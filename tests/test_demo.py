@@ -4,6 +4,7 @@ import base64
 import http.client
 import io
 import json
+import logging
 import urllib.error
 import urllib.request
 
@@ -119,8 +120,24 @@ def test_inpaint_round_trip_changes_only_the_hole_and_compiles_once(server, app,
     hole = box_mask(HEIGHT, WIDTH, 100, 150, 180, 300)
     fields = {"image": PHOTO.read_bytes(), "mask": png_bytes(hole), "refine": b"0"}
 
-    status, first = post_inpaint(server, fields)
-    assert status == 200, first
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    demo.log.addHandler(handler)
+    level = demo.log.level
+    demo.log.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the logger's isEnabledFor cache
+    try:
+        status, first = post_inpaint(server, fields)
+        assert status == 200, first
+        # Said before the model runs: compiling takes long and the page waits for the reply.
+        assert logged[0] == "compiling the model for 770x512 px (once per size)..."
+        assert logged[1] == first["message"]
+        del logged[:]
+        status, second = post_inpaint(server, fields)
+        assert not any(m.startswith("compiling") for m in logged)
+    finally:
+        demo.log.removeHandler(handler)
+        demo.log.setLevel(level)
     result = decode_data_url(first["result"])
     assert result.shape == rgb.shape and result.dtype == np.uint8
     inside = hole > 0
@@ -132,7 +149,6 @@ def test_inpaint_round_trip_changes_only_the_hole_and_compiles_once(server, app,
     assert first["model_size"] == [WIDTH, HEIGHT] and not first["refined"]
 
     assert first["compiled"] and first["message"].endswith("(including compiling the model for this size).")
-    status, second = post_inpaint(server, fields)
     assert status == 200
     assert not second["compiled"] and "compiling" not in second["message"]
     assert second["message"].startswith("Inpainted 770x512 px in ")
@@ -270,9 +286,10 @@ def test_refinement_for_wraps_lama_jax_refinement(app):
     np.testing.assert_allclose(result.astype(int), direct.astype(int), atol=2)
 
 
-def test_cli_binds_loopback_by_default_and_rejects_a_folder_without_weights(tmp_path):
+def test_cli_binds_loopback_by_default_and_rejects_a_folder_without_weights(tmp_path, capsys):
     args = demo.parse_args([])
     assert (args.host, args.port, args.checkpoint) == ("127.0.0.1", 7860, None)
-    with pytest.raises(SystemExit, match="not a lama_jax model checkpoint"):
-        demo.main(["--checkpoint", str(tmp_path), "--port", "0"])
+    assert demo.main(["--checkpoint", str(tmp_path), "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "not a lama_jax model checkpoint" in err
 

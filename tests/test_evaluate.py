@@ -180,3 +180,30 @@ def test_bad_inputs_are_reported(folders, tmp_path):
         f.write(b"not a png")
     with pytest.raises(OSError, match="cannot read .*img1_crop000_mask000.png"):
         evaluate.evaluate_folders(data, preds, ("ssim",))
+
+
+def test_cli_default_metrics_are_those_it_can_compute_and_says_what_it_skipped(folders, tmp_path, capsys):
+    data, preds, _ = folders
+    output = tmp_path / "report.json"
+    assert evaluate.main(["--data", data, "--predictions", preds, "--output", str(output)]) == 0
+    err = capsys.readouterr().err
+    assert "skipping lpips: it needs --lpips-weights vgg.pth (https://github.com/richzhang/PerceptualSimilarity" in err
+    assert "and --vgg-weights vgg16-397923af.pth (https://download.pytorch.org/models/vgg16-397923af.pth)" in err
+    assert "skipping fid: it needs --inception-weights pt_inception-2015-12-05-6726825d.pth (https://" in err
+    assert set(json.loads(output.read_text())["total"]) == {"ssim", "psnr", "l1"}
+    # A weights flag asks for its metric: a missing file is then an error, as with --metrics lpips.
+    assert evaluate.main(["--data", data, "--predictions", preds, "--output", str(tmp_path / "r2.json"),
+                          "--inception-weights", str(tmp_path / "missing.pth")]) == 1
+    assert "missing.pth' does not exist" in capsys.readouterr().err
+
+
+def test_available_metrics_follow_the_weights_given():
+    assert evaluate.available_metrics()[0] == ("ssim", "psnr", "l1")
+    metrics, skipped = evaluate.available_metrics(lpips_weights="vgg.pth", vgg_weights="vgg16.pth")
+    assert metrics == ("ssim", "psnr", "l1", "lpips") and list(skipped) == ["fid"]
+    assert evaluate.available_metrics(inception_weights="i.pth")[0][-1] == "fid"
+
+
+def test_predictions_are_named_after_the_mask_or_after_a_photo_with_one_mask():
+    assert evaluate.prediction_relpath("sub/img1_crop000_mask000.png") == "sub/img1_crop000_mask000.png"  # LaMa
+    assert evaluate.prediction_relpath("sub/cat_mask.png") == "sub/cat.png"  # what predict writes for a photo

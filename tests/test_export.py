@@ -1,6 +1,7 @@
 """Export of a training checkpoint: model checkpoint for Inpainter, StableHLO that runs without lama_jax."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -47,7 +48,7 @@ def leaves_equal(a, b):
 def test_export_writes_a_model_checkpoint_and_a_stablehlo_artifact(workdir, tmp_path):
     workdir, _, later = workdir
     out = tmp_path / "exported"
-    export.main(["--workdir", str(workdir), "--output", str(out)])  # lowered for cpu, cuda and tpu
+    assert export.main(["--workdir", str(workdir), "--output", str(out)]) == 0  # lowered for cpu, cuda and tpu
 
     inpainter = Inpainter.from_checkpoint(out)
     assert leaves_equal(inpainter.variables, later["generator"])  # the newest step by default
@@ -137,11 +138,11 @@ def test_export_picks_the_step_or_the_best(workdir, tmp_path):
     (["--step", "7"], r"has no checkpoint 7; it has \[1, 2\]"),
     (["--platforms", "cpu,gpu"], r"unknown platform 'gpu'; choose from cpu, cuda, rocm, tpu"),
 ])
-def test_export_errors_are_clear(workdir, tmp_path, args, message):
-    with pytest.raises(SystemExit, match=message):
-        export.main(["--workdir", str(workdir[0]), "--output", str(tmp_path / "o"), *args])
+def test_export_errors_are_clear(workdir, tmp_path, args, message, capsys):
+    assert export.main(["--workdir", str(workdir[0]), "--output", str(tmp_path / "o"), *args]) == 1
+    assert re.fullmatch(f"error: .*{message}.*\n", capsys.readouterr().err)
 
 
-def test_export_of_a_folder_without_checkpoints(tmp_path):
-    with pytest.raises(SystemExit, match="is .* a lama_jax.train workdir"):
-        export.main(["--workdir", str(tmp_path), "--output", str(tmp_path / "o")])
+def test_export_of_a_folder_without_checkpoints(tmp_path, capsys):
+    assert export.main(["--workdir", str(tmp_path), "--output", str(tmp_path / "o")]) == 1
+    assert re.fullmatch("error: .* is .* a lama_jax.train workdir.*\n", capsys.readouterr().err)

@@ -9,7 +9,7 @@ from PIL import Image
 from lama_jax import checkpoint, convert, evaluate, predict
 from lama_jax.data import gen_masks, samples
 from lama_jax.inference import Inpainter
-from lama_jax.refinement import Refiner
+from lama_jax.refinement import RefinementOptions, Refiner
 
 # The PyTorch fixture generator (random weights, randomised BN statistics), converted.
 SMALL = dict(ngf=16, n_downsampling=3, n_blocks=2, ratio=0.75, enable_lfu=False)
@@ -115,7 +115,7 @@ def test_bad_samples_are_reported_by_path_and_the_rest_processed(small_checkpoin
     status = predict.main(["--checkpoint", small_checkpoint, "--input", str(data), "--output", str(out)])
     captured = capsys.readouterr()
     assert status == 4
-    assert os.listdir(out) == ["good_mask.png"]
+    assert os.listdir(out) == ["good.png"]  # <name>_mask.png: named after the image
     assert f"{str(data / 'orphan.png')!r} for mask {str(data / 'orphan_mask.png')!r} does not exist" in captured.err
     wide_mask, wide = str(data / "wide_mask.png"), str(data / "wide.png")
     assert f"mask {wide_mask!r} is 64x64 but image {wide!r} is 64x96" in captured.err
@@ -156,7 +156,7 @@ def test_single_image_mode_and_refine_flags(small_checkpoint, inpainter, tmp_pat
     (run,) = runs
     assert [level.size for level in run.levels] == [(32, 36), (64, 72)]
     assert run.levels[1].known_l1.shape == (2,)
-    refined = _load(os.path.join(refined_dir, "hole.png"))
+    refined = _load(os.path.join(refined_dir, "cat.png"))  # named after the image
     np.testing.assert_array_equal(refined, predict.to_uint8(run.inpainted))
     known = mask[..., 0] == 0
     np.testing.assert_array_equal(refined[known], expected[known])
@@ -167,12 +167,79 @@ def test_setup_errors_exit_255(small_checkpoint, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert predict.main(["--checkpoint", str(tmp_path / "nope"), "--input", str(empty), "--output", "o"]) == 255
-    assert "no '*mask*.png' files under" in capsys.readouterr().err
+    assert f"error: no masks under --input {str(empty)!r}: name each mask after its image" in capsys.readouterr().err
     _save(str(empty / "a_mask.png"), np.zeros((32, 32), np.uint8))
     assert predict.main(["--checkpoint", str(tmp_path / "nope"), "--input", str(empty), "--output", "o"]) == 255
-    assert "not a lama_jax model checkpoint" in capsys.readouterr().err
+    assert f"{tmp_path / 'nope'}: does not exist" in capsys.readouterr().err
     assert predict.main(["--checkpoint", small_checkpoint, "--image", "x.png", "--output", "o"]) == 255
     assert "--image needs --mask" in capsys.readouterr().err
     assert predict.main(["--checkpoint", small_checkpoint, "--input", str(empty), "--output", "o",
                          "--batch-size", "0"]) == 255
     assert "--batch-size must be positive" in capsys.readouterr().err
+
+
+def test_a_folder_of_photos_with_masks_in_any_common_format(small_checkpoint, inpainter, tmp_path, capsys):
+    """cat.jpg + cat_mask.png, dog.webp + dog_mask.bmp, sub/owl.jpeg + sub/owl_mask.jpg: named after the image."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    hole = np.zeros((48, 64), np.uint8)
+    hole[10:30, 20:40] = 255
+    pairs = {"cat.jpg": "cat_mask.png", "dog.webp": "dog_mask.bmp", "sub/owl.jpeg": "sub/owl_mask.jpg"}
+    for (image_name, mask_name), photo in zip(pairs.items(), ("chelsea", "coffee", "astronaut")):
+        _save(str(photos / image_name), _photo(photo, (64, 48)))
+        _save(str(photos / mask_name), hole)
+    status = predict.main(["--checkpoint", small_checkpoint, "--input", str(photos), "--output", str(out)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert f"wrote 3 of 3 results to {out}" in captured.out
+    assert "compiling the model for 48x64 images, batch 3" in captured.err  # one batch of one size
+    written = sorted(os.path.relpath(os.path.join(r, f), out) for r, _, fs in os.walk(out) for f in fs)
+    assert written == ["cat.png", "dog.png", "sub/owl.png"]
+    for image_name in pairs:
+        image = _load(str(photos / image_name))
+        mask = _load(str(photos / pairs[image_name]), "L")[..., None]  # a JPEG mask is not exactly 0/255
+        expected = predict.to_uint8(inpainter(image[None], (mask[None] > 0).astype(np.float32))[0])
+        result = _load(str(out / (os.path.splitext(image_name)[0] + ".png")))
+        assert np.abs(result.astype(int) - expected).max() <= 1, image_name
+    # A folder holding one photo may go to one file.
+    assert predict.main(["--checkpoint", small_checkpoint, "--input", str(photos / "sub"),
+                         "--output", str(tmp_path / "owl.webp")]) == 0
+    with Image.open(tmp_path / "owl.webp") as written:
+        assert written.format == "WEBP" and written.size == (64, 48)
+
+
+def test_one_photo_to_a_jpeg_file(small_checkpoint, tmp_path, capsys):
+    photo, mask, result = tmp_path / "photo.jpg", tmp_path / "mask.png", tmp_path / "result.jpg"
+    _save(str(photo), _photo("rocket", (40, 32)))
+    hole = np.zeros((32, 40), np.uint8)
+    hole[8:24, 8:24] = 255
+    _save(str(mask), hole)
+    args = ["--checkpoint", small_checkpoint, "--image", str(photo), "--mask", str(mask), "--output", str(result)]
+    assert predict.main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"wrote 1 of 1 results to {result}\n"
+    assert "compiling the model for 32x40 images, batch 1" in captured.err
+    with Image.open(result) as written:
+        assert written.format == "JPEG" and written.size == (40, 32)
+    # A failing photo is the run's one error line.
+    _save(str(mask), hole[:16])
+    assert predict.main(args) == 1
+    assert capsys.readouterr().err == f"error: mask {str(mask)!r} is 16x40 but image {str(photo)!r} is 32x40\n"
+
+
+def test_compile_notes_only_on_the_first_use_of_a_size(small_checkpoint, tmp_path):
+    photos = tmp_path / "photos"
+    for name in ("a", "b"):
+        _save(str(photos / f"{name}.png"), _photo("coffee", (40, 32)))
+        _save(str(photos / f"{name}_mask.png"), np.full((32, 40), 255, np.uint8))
+    fresh = Inpainter.from_checkpoint(small_checkpoint)
+    notes = []
+    predict.predict_folder(fresh, str(photos), str(tmp_path / "a"), batch_size=2, notify=notes.append)
+    assert len(notes) == 2 and notes[0] == "compiling the model for 32x40 images, batch 2 (once per size)..."
+    assert notes[1].startswith("compiled and inpainted in ")
+    notes.clear()
+    predict.predict_folder(fresh, str(photos), str(tmp_path / "b"), batch_size=2, notify=notes.append)
+    assert notes == []
+
+
+def test_refine_flag_defaults_are_the_refiners():
+    assert RefinementOptions(**predict.REFINE_DEFAULTS) == RefinementOptions()

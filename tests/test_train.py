@@ -8,6 +8,7 @@ compilation cache, so only the first one compiles the train step.
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -184,6 +185,11 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, cli_env):
     finally:
         process.kill()
     assert process.returncode == 0, log_tail(tmp_path)
+    log = pathlib.Path(f"{tmp_path}.log").read_text()
+    # Short log lines (time, level, message), and the compile message before the first step.
+    assert re.search(r"^\d\d:\d\d:\d\d INFO compiling the train step; ", log, re.MULTILINE), log[-3000:]
+    assert re.search(r"^\d\d:\d\d:\d\d INFO train step compiled in [\d.]+ s: memory per device ", log,
+                     re.MULTILINE)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stopped_by"] == "SIGTERM"
     stopped_at = summary["final_step"]
@@ -196,8 +202,9 @@ def test_unknown_config_key_is_named(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "lama_jax.train", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
          "--config.data.crop_sise=64"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert "--config.data.crop_sise: configs/tiny.py has no key 'data.crop_sise'" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --config.data.crop_sise: configs/tiny.py has no key 'data.crop_sise'")
+    assert result.stderr.count("\n") == 1  # one line, no traceback
     assert "crop_size" in result.stderr  # the keys that do exist are listed
     assert not (tmp_path / "checkpoints").exists()
 
@@ -210,7 +217,7 @@ def test_non_finite_metric_stops_the_run_naming_step_and_term(tmp_path, monkeypa
     """The loop with a stand-in step that turns gen_l1 into NaN at step 3: no checkpoint after step 2."""
 
     def fake_state(config, rng, **kwargs):
-        return {"step": jnp.zeros((), jnp.int32), "generator": {"w": jnp.ones(3)}}
+        return {"step": jnp.zeros((), jnp.int32), "generator": {"params": {"w": jnp.ones(3)}}}
 
     def fake_train_step(config, mesh):
         def step(state, batch):
@@ -226,6 +233,37 @@ def test_non_finite_metric_stops_the_run_naming_step_and_term(tmp_path, monkeypa
     with pytest.raises(train.NonFiniteMetricError, match=r"step 3: non-finite gen_l1 = nan; .*checkpoint is step 2"):
         train.train_and_evaluate(config, tmp_path)
     assert os.listdir(tmp_path / "checkpoints") == ["2"]
+
+
+def test_compile_message_first_and_a_relaunched_finished_run_keeps_its_validation(tmp_path, monkeypatch, caplog):
+    """The loop with a stand-in step and evaluation: the compile message comes before step 1; launching the
+    finished run again trains nothing and keeps summary.json's validation."""
+
+    def fake_state(config, rng, **kwargs):
+        return {"step": jnp.zeros((), jnp.int32), "generator": {"params": {"w": jnp.ones(3)}}}
+
+    def fake_train_step(config, mesh):
+        return jax.jit(lambda state, batch: (dict(state, step=state["step"] + 1),
+                                             {name: batch["image"].mean() for name in LOSS_TERMS}))
+
+    monkeypatch.setattr(train_step, "create_train_state", fake_state)
+    monkeypatch.setattr(train_step, "make_train_step", fake_train_step)
+    monkeypatch.setattr(train, "run_evaluation", lambda *args, **kwargs: ({"ssim": 0.5, "psnr": 20.0, "l1": 0.1}, None))
+    config = small_config(total_steps=2, checkpoint_every_steps=1000)
+    with caplog.at_level("INFO", logger="absl"):
+        train.train_and_evaluate(config, tmp_path)
+    messages = [record.getMessage() for record in caplog.records]
+    compiling = next(i for i, m in enumerate(messages) if m.startswith("compiling the train step"))
+    compiled = next(i for i, m in enumerate(messages) if m.startswith("train step compiled in"))
+    took = next(i for i, m in enumerate(messages) if m.startswith("step 1 took"))
+    assert compiling < compiled < took and "(first time only with the compilation cache)" in messages[compiling]
+    validation = {"val_ssim": 0.5, "val_psnr": 20.0, "val_l1": 0.1}
+    assert json.loads((tmp_path / "summary.json").read_text())["validation"] == validation
+
+    monkeypatch.setattr(train, "initial_train_state", lambda config, *args: (fake_state(config, None), 2))
+    summary = train.train_and_evaluate(config, tmp_path)
+    assert summary["start_step"] == summary["final_step"] == 2 and summary["validation"] == validation
+    assert json.loads((tmp_path / "summary.json").read_text())["validation"] == validation
 
 
 def fixture_state_dict(fixtures_dir, name):
@@ -282,6 +320,7 @@ def test_missing_perceptual_encoder_says_how_to_convert_it(tmp_path):
      r"\['ssim', 'fid', 'ssim_fid100_f1'\]"),
     ({"eval.best_mode": "maximum"}, "best_mode must be 'max' or 'min', got 'maximum'"),
     ({"train.batch_norm": "sync"}, r"config.train.batch_norm = 'sync'; expected one of"),
+    ({"data.crop_size": 3}, r"config.data.mask = 'train_mixed' with crop_size = 3: box masks .* do not fit a 3x3"),
 ])
 def test_config_mistakes_stop_the_run_before_any_work(tmp_path, overrides, message):
     with pytest.raises(train.TrainingError, match=message):

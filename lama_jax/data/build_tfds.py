@@ -13,9 +13,9 @@ config, ``source="tfds", tfds_name=NAME, tfds_data_dir=DIR``.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from lama_jax import cli
 from lama_jax.data import images
 from lama_jax.data import sources
 
@@ -91,27 +92,31 @@ def build(input_dir: str | pathlib.Path, *, name: str, data_dir: str | pathlib.P
           split: str = "train") -> tfds.core.DatasetBuilder:
     """Prepares data set ``name`` from ``input_dir`` into ``data_dir``; returns its builder."""
     input_dir = pathlib.Path(input_dir)
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"input folder {input_dir} does not exist")
-    builder = builder_class(name, split)(data_dir=str(data_dir))
+    builder_type = builder_class(name, split)
+    sources.ImageFolderSource(input_dir)  # a missing or empty folder is said here, not deep inside TFDS
+    builder = builder_type(data_dir=str(data_dir))
     builder.download_and_prepare(
         file_format="array_record",
         download_config=tfds.download.DownloadConfig(manual_dir=str(input_dir)))
     return builder
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lama_jax.data.build_tfds",
-                                     description=__doc__.strip().split("\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.ArgumentParser(prog="python -m lama_jax.data.build_tfds",
+                                description="Pack a local image folder into a TFDS data set (array_record).")
     parser.add_argument("--input", required=True, help="image folder (recursive)")
     parser.add_argument("--name", required=True, help="TFDS data set name, lower snake_case")
     parser.add_argument("--data-dir", required=True, help="TFDS data_dir to write into")
-    parser.add_argument("--split", default="train")
+    parser.add_argument("--split", default="train", help="split name (default %(default)s)")
     args = parser.parse_args(argv)
-    builder = build(args.input, name=args.name, data_dir=args.data_dir, split=args.split)
+    try:
+        builder = build(args.input, name=args.name, data_dir=args.data_dir, split=args.split)
+    except (OSError, ValueError) as e:
+        return cli.error(e)
     count = builder.info.splits[args.split].num_examples
     print(f"{args.name}[{args.split}]: {count} images in {builder.data_dir}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

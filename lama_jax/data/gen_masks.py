@@ -20,10 +20,10 @@ byte-for-byte reproducible and adding images leaves the others unchanged.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import pathlib
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +31,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from lama_jax import cli
 from lama_jax.data import images
 from lama_jax.data import masks
 from lama_jax.data import sources
@@ -120,7 +121,9 @@ def generate_mask_dataset(input_dir: str | pathlib.Path, output_dir: str | pathl
     input_dir, output_dir = pathlib.Path(input_dir), pathlib.Path(output_dir)
     out_size = out_size or preset_out_size(preset)
     if out_size is None:
-        raise ValueError(f"preset {preset!r} has no size suffix; pass out_size")
+        raise ValueError(f"preset {preset!r} has no size suffix; pass out_size (--out-size)")
+    if out_size < 1 or variants < 1:
+        raise ValueError(f"out_size and variants must be positive, got {out_size} and {variants}")
     generator = masks.get(preset)
     if generator.needs_labels:
         raise ValueError(f"preset {preset!r} needs label maps, which gen_masks does not read")
@@ -149,7 +152,7 @@ def generate_mask_dataset(input_dir: str | pathlib.Path, output_dir: str | pathl
         for written in (image_out, mask_out):
             files[written.relative_to(output_dir).as_posix()] = _sha256(written)
     if not files:
-        raise RuntimeError(f"no evaluation example could be made from {input_dir} "
+        raise ValueError(f"no evaluation example could be made from {input_dir} "
                            f"({len(skipped)} unreadable, {len(dropped)} without an acceptable mask)")
     manifest = {
         "preset": preset, "seed": seed, "out_size": out_size, "variants": variants,
@@ -160,24 +163,31 @@ def generate_mask_dataset(input_dir: str | pathlib.Path, output_dir: str | pathl
     return manifest
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lama_jax.data.gen_masks",
-                                     description=__doc__.split("\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.ArgumentParser(prog="python -m lama_jax.data.gen_masks",
+                                description="Write a frozen LaMa-layout evaluation set (images and masks) "
+                                            "from a folder of images.")
     parser.add_argument("--input", required=True, help="folder of images (recursive)")
     parser.add_argument("--output", required=True, help="folder to write the evaluation set into")
-    parser.add_argument("--preset", default="thick_512", choices=masks.names())
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="thick_512", choices=masks.names(),
+                        help="mask preset (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="default %(default)s")
     parser.add_argument("--out-size", type=int, default=None,
                         help="output side; defaults to the preset's suffix (256 or 512)")
-    parser.add_argument("--variants", type=int, default=5, help="candidate masks per image")
-    parser.add_argument("--max-tamper-area", type=float, default=0.5)
+    parser.add_argument("--variants", type=int, default=5, help="candidate masks per image (default %(default)s)")
+    parser.add_argument("--max-tamper-area", type=float, default=0.5,
+                        help="largest hole fraction a mask may cover (default %(default)s)")
     args = parser.parse_args(argv)
-    manifest = generate_mask_dataset(args.input, args.output, preset=args.preset, seed=args.seed,
-                                     out_size=args.out_size, variants=args.variants,
-                                     max_tamper_area=args.max_tamper_area)
+    try:
+        manifest = generate_mask_dataset(args.input, args.output, preset=args.preset, seed=args.seed,
+                                         out_size=args.out_size, variants=args.variants,
+                                         max_tamper_area=args.max_tamper_area)
+    except (OSError, ValueError) as e:
+        return cli.error(e)
     print(f"wrote {len(manifest['files']) // 2} image/mask pairs to {args.output} "
           f"({len(manifest['skipped'])} unreadable, {len(manifest['no_acceptable_mask'])} dropped)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -179,6 +179,11 @@ def record_order(num_records: int, *, seed: int, process_index: int = 0, process
     return dataset.shuffle(seed=seed).repeat(None)
 
 
+def train_mask_generator(data_config: ml_collections.ConfigDict) -> masks.MaskGenerator:
+    """The training masks: preset ``data_config.mask`` with ``data_config.mask_overrides``."""
+    return masks.get(data_config.mask, **_as_dict(data_config.mask_overrides))
+
+
 def create_train_dataset(data_config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
                          process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
     """The training ``grain.IterDataset`` (see the module docstring); iterate it for batches."""
@@ -188,7 +193,7 @@ def create_train_dataset(data_config: ml_collections.ConfigDict, *, global_batch
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} outside [0, {process_count})")
     source = make_train_source(data_config)
-    mask_generator = masks.get(data_config.mask, **_as_dict(data_config.mask_overrides))
+    mask_generator = train_mask_generator(data_config)
     if mask_generator.needs_labels and not source.has_labels:
         raise ValueError(f"mask {data_config.mask!r} needs label maps, which {source.description} lacks; "
                          "set data_config.segm_dir (folder source) or use source='synthetic'")

@@ -147,8 +147,12 @@ class TfdsSource:
             self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
         except Exception as e:  # TFDS raises many types for a missing or unprepared data set.
             where = data_dir or "the default TFDS data_dir"
+            # TFDS's own message can list every data set it knows, hundreds of lines: its first line only.
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise FileNotFoundError(
-                f"TFDS data set {name!r} split {split!r} is not prepared in {where}: {e}") from e
+                f"TFDS data set {name!r} split {split!r} is not prepared in {where} ({reason}); pack an image "
+                f"folder with `python -m lama_jax.data.build_tfds --input DIR --name {name} --data-dir DIR` "
+                "and pass that DIR as tfds_data_dir (--config.data.tfds_data_dir=DIR)") from e
         if len(self._source) == 0:
             raise FileNotFoundError(f"TFDS data set {name!r} split {split!r} has no records")
 
