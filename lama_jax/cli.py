@@ -17,6 +17,7 @@ data.build_tfds):
   description is one sentence; heavy modules (JAX, the models) are imported
   after the arguments are parsed, so `--help` and usage mistakes answer at once.
 * Log lines are short, ``HH:MM:SS LEVEL message``, unless `--verbose`.
+* Every tool that compiles takes `--compilation-cache-dir` (train: `config.compilation_cache_dir`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         exit_with_error(f"{message} (see {self.prog} --help)", USAGE_STATUS)
+
+
+def add_compilation_cache_flag(parser: argparse.ArgumentParser) -> None:
+    """`--compilation-cache-dir` (also spelt `--compilation_cache_dir`), for `lama_jax.compilation_cache.enable`."""
+    parser.add_argument("--compilation-cache-dir", "--compilation_cache_dir", dest="compilation_cache_dir",
+                        default=None, help="JAX's persistent compilation cache: later runs skip compiling "
+                        "(default $JAX_COMPILATION_CACHE_DIR or ~/.cache/lama_jax/jax_compilation_cache; '' = off)")
 
 
 def short_log_formatter() -> logging.Formatter:

@@ -497,6 +497,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-inpaint-megapixels", type=float, default=Limits.max_inpaint_pixels / 1e6,
                         help="larger photos are inpainted at this size and the fill is upscaled into the hole "
                              "(default %(default)s)")
+    cli.add_compilation_cache_flag(parser)
     args = parser.parse_args(argv)
     for flag in ("max_upload_mb", "max_megapixels", "max_inpaint_megapixels"):
         if not getattr(args, flag) > 0:
@@ -520,8 +521,10 @@ def main(argv=None) -> int:
         max_image_pixels=int(args.max_megapixels * 1e6),
         max_inpaint_pixels=int(args.max_inpaint_megapixels * 1e6),
     )
+    from lama_jax import compilation_cache
     from lama_jax.checkpoint import CheckpointError
 
+    compilation_cache.enable(args.compilation_cache_dir)
     try:
         app = load_app(args.checkpoint, limits=limits, dtype=args.dtype)
     except (CheckpointError, OSError) as e:

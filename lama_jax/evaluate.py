@@ -46,6 +46,7 @@ import tqdm
 from PIL import Image
 
 from lama_jax import cli
+from lama_jax import compilation_cache
 from lama_jax import eval_weights
 from lama_jax import metrics as metrics_lib
 from lama_jax import torch_pickle
@@ -303,11 +304,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--vgg-weights", help=f"torchvision VGG16, {eval_weights.VGG16_IMAGENET.filename}")
     parser.add_argument("--inception-weights", help=f"FID Inception, {eval_weights.FID_INCEPTION.filename}")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="default %(default)s")
+    cli.add_compilation_cache_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
+    compilation_cache.enable(args.compilation_cache_dir)
     try:
         if args.metrics is None:
             metrics, skipped = available_metrics(args.lpips_weights, args.vgg_weights, args.inception_weights)

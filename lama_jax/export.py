@@ -42,6 +42,7 @@ import numpy as np
 
 from lama_jax import checkpoint as model_checkpoint
 from lama_jax import cli
+from lama_jax import compilation_cache
 from lama_jax import inference
 from lama_jax import train_checkpoint
 from lama_jax.models import build_generator
@@ -147,7 +148,9 @@ def main(argv=None) -> int:
     parser.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS),
                         help="platforms the StableHLO artifact is lowered for (default %(default)s)")
     parser.add_argument("--no-stablehlo", action="store_true", help="write only the model checkpoint")
+    cli.add_compilation_cache_flag(parser)
     args = parser.parse_args(argv)
+    compilation_cache.enable(args.compilation_cache_dir)
     platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
     try:
         manifest = export_workdir(args.workdir, args.output, step=args.step, best=args.best,

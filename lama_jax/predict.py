@@ -298,6 +298,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="most levels (default %(default)s)")
     parser.add_argument("--refine-px-budget", type=int, default=REFINE_DEFAULTS["px_budget"],
                         help="larger images are downscaled to this many pixels first (default %(default)s)")
+    cli.add_compilation_cache_flag(parser)
     args = parser.parse_args(argv)
     if args.image is not None and args.mask is None:
         parser.error("--image needs --mask")
@@ -321,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             samples = [_single_sample(args.image, args.mask, args.output)]
         check_outputs(samples, args.output)
+        from lama_jax import compilation_cache
+
+        compilation_cache.enable(args.compilation_cache_dir)
         from lama_jax.inference import Inpainter
         from lama_jax.refinement import RefinementOptions, Refiner
 

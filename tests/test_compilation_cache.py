@@ -46,3 +46,32 @@ def test_empty_cache_dir_turns_the_cache_off(tmp_path):
     assert compilation_cache.resolve("gs://bucket/cache") == "gs://bucket/cache"
     assert compilation_cache.resolve(str(tmp_path / "c")) == str(tmp_path / "c")
     assert compilation_cache.resolve("~/x").startswith(os.path.expanduser("~"))
+
+
+def test_predict_writes_its_programs_to_the_given_cache(tmp_path):
+    import jax
+    import numpy as np
+    from PIL import Image
+
+    from lama_jax import checkpoint
+    from lama_jax.configs import tiny
+    from lama_jax.models import build_generator
+
+    model_config = tiny.get_config().model.to_dict()
+    variables = build_generator(model_config["generator"]).init(jax.random.key(0), np.zeros((1, 16, 16, 4)),
+                                                               train=False)
+    checkpoint.save_model(tmp_path / "model", {"generator": variables}, model_config)
+    Image.fromarray(np.full((32, 48, 3), 120, np.uint8)).save(tmp_path / "photo.png")
+    hole = np.zeros((32, 48), np.uint8)
+    hole[8:20, 10:30] = 255
+    Image.fromarray(hole).save(tmp_path / "mask.png")
+    cache = tmp_path / "predict_cache"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    result = subprocess.run(
+        [sys.executable, "-m", "lama_jax.predict", "--checkpoint", str(tmp_path / "model"), "--image",
+         str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask.png"), "--output", str(tmp_path / "out.png"),
+         "--compilation-cache-dir", str(cache)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out.png").is_file()
+    assert any(p.name.startswith("jit_") for p in cache.iterdir()), sorted(p.name for p in cache.iterdir())
