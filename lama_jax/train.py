@@ -50,6 +50,7 @@ from typing import Any, Dict, Mapping, Optional
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
@@ -417,6 +418,21 @@ def run_evaluation(predict_fn, generator_variables, eval_batches, mesh, evaluato
     return {name: stats["mean"] for name, stats in report["total"].items()}, grid
 
 
+_COMPILE_WAIT_MS = 30 * 60 * 1000  # how long a process waits for the others to finish compiling
+
+
+def _compiled_on_every_process(fn, *args):
+    """`fn` (jitted) compiled for `args`, returned once every process has compiled it.
+
+    CPU collectives (Gloo) fail the first collective when processes reach it more than 30 s apart,
+    which uneven compilation times (one process hitting the compilation cache, a busy host) cause.
+    """
+    compiled = fn.lower(*args).compile()
+    # A barrier of jax.distributed's coordination service, not a collective (which would time out alike).
+    ocp.multihost.get_barrier_sync_fn()(key="lama_jax train step compiled", timeout_ms=_COMPILE_WAIT_MS)
+    return compiled
+
+
 # ---------------------------------------------------------------------------------------------
 # The run
 
@@ -502,6 +518,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Dict[str, 
                 progress.data_wait += time.perf_counter() - wait_start
                 progress.skipped_files += pipeline.skipped_files_count(host_batch)
                 batch = train_step.shard_batch({"image": host_batch["image"], "mask": host_batch["mask"]}, mesh)
+                if step == start_step + 1 and jax.process_count() > 1:
+                    step_fn = _compiled_on_every_process(step_fn, state, batch)
                 state, metrics = step_fn(state, batch)  # dispatched; runs while the host goes on
 
                 if pending is not None:  # the previous step's metrics, read while this step runs
