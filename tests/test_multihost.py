@@ -282,7 +282,10 @@ def test_a_process_dying_alone_stops_the_other_and_the_relaunch_resumes(learning
     print(f"process 0 exited {code} after {time.monotonic() - died:.1f} s")
     assert code != 0
     log0 = pathlib.Path(f"{tmp_path}.p0.log").read_text()
-    assert "another task died" in log0 or "another process" in log0, log0[-3000:]
+    # JAX's own message when the coordination service finds a peer gone (missed heartbeats or lost link).
+    died = [line for line in log0.splitlines() if "This most likely indicates that another task died" in line]
+    assert died, log0[-3000:]
+    print("process 0:", died[0][:300])
     launcher.kill_all()
 
     launcher.run(tmp_path, 2)
