@@ -51,6 +51,7 @@ from typing import Any, Dict, Mapping, Optional
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
@@ -88,9 +89,11 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         if config[key] <= 0:
             raise TrainingError(f"config.{key} must be positive, got {config[key]}")
     for key, value in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
+        # Every process has the same number of devices, so this also splits the batch over processes.
         if value <= 0 or value % num_devices:
             raise TrainingError(f"config.{key} = {value} must be a positive multiple of the "
-                                f"{num_devices} devices the batch is split over")
+                                f"{num_devices} devices the batch is split over ({jax.process_count()} "
+                                f"process(es) of {jax.local_device_count()} devices)")
     try:
         train_step.validate_config(config)
     except ValueError as err:
@@ -131,6 +134,9 @@ def _profile_window(config: ml_collections.ConfigDict) -> Optional[tuple]:
     return int(start), int(stop)
 
 
+_COMPILE_WAIT_MS = 30 * 60 * 1000  # how long a process waits for the others to finish compiling
+
+
 def compile_train_step(step_fn, state, config: ml_collections.ConfigDict, mesh):
     """(the step compiled for this run's batches, the start-up report).
 
@@ -142,6 +148,11 @@ def compile_train_step(step_fn, state, config: ml_collections.ConfigDict, mesh):
     logging.info("compiling the train step; this takes a while (first time only with the compilation cache)")
     started = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
+    if jax.process_count() > 1:
+        # CPU collectives (Gloo) fail the first collective when processes reach it more than 30 s
+        # apart, which uneven compile times (one process hitting the compilation cache, a busy host)
+        # cause: wait at a barrier of jax.distributed's coordination service, not a collective.
+        ocp.multihost.get_barrier_sync_fn()(key="lama_jax train step compiled", timeout_ms=_COMPILE_WAIT_MS)
     report = dict(
         compile_s=time.perf_counter() - started,
         parameters={name: int(sum(np.prod(x.shape) for x in jax.tree.leaves(state[name]["params"])))
@@ -194,30 +205,62 @@ def _init_from_networks(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     return model.variables
 
 
+def _reason(error: Exception) -> str:
+    """An exception as one short line: TensorStore appends kilobytes of JSON spec to its messages."""
+    text = str(error).split(" [tensorstore_spec", 1)[0].replace("\n", " ")
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def _check_resumable(config: ml_collections.ConfigDict, stored: Mapping[str, Any], workdir) -> None:
+    """Refuses to resume a checkpoint whose `stored` config does not fit `config`."""
+    wanted = train_checkpoint.config_to_json(config)
+    if ({k: platform_choices.architecture(v) for k, v in stored["model"].items()}
+            != {k: platform_choices.architecture(v) for k, v in wanted["model"].items()}):
+        raise TrainingError(
+            f"{workdir} holds a run with config.model = {stored['model']}, not "
+            f"{wanted['model']}; resume with the same model or use a new --workdir")
+    if stored["data"]["num_workers"] != config.data.num_workers:
+        raise TrainingError(
+            f"{workdir} was saved with config.data.num_workers = "
+            f"{stored['data']['num_workers']}; the data iterator's position can only be restored with "
+            "the same number of workers")
+
+
 def initial_train_state(config: ml_collections.ConfigDict, mesh, checkpointer: train_checkpoint.TrainCheckpointer,
                         train_iterator=None):
-    """(state, step) to start from: the workdir's newest checkpoint > config.init_from > random.
+    """(state, step) to start from: the workdir's newest readable checkpoint > config.init_from > random.
 
     Resuming also moves `train_iterator` to the position saved with the checkpoint.
+    Checkpoints newer than the one resumed from failed to restore (e.g. files
+    truncated by a crash): they are moved to WORKDIR/unreadable_checkpoints.
     """
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        stored = checkpointer.restore_config(latest)
-        wanted = train_checkpoint.config_to_json(config)
-        if ({k: platform_choices.architecture(v) for k, v in stored["model"].items()}
-                != {k: platform_choices.architecture(v) for k, v in wanted["model"].items()}):
-            raise TrainingError(
-                f"{checkpointer.workdir} holds a run with config.model = {stored['model']}, not "
-                f"{wanted['model']}; resume with the same model or use a new --workdir")
-        if stored["data"]["num_workers"] != config.data.num_workers:
-            raise TrainingError(
-                f"{checkpointer.workdir} was saved with config.data.num_workers = "
-                f"{stored['data']['num_workers']}; the data iterator's position can only be restored with "
-                "the same number of workers")
-        abstract = train_checkpoint.abstract_train_state(config, mesh)
-        state = checkpointer.restore(latest, abstract, data_iterator=train_iterator)
-        logging.info("Resuming from %s/checkpoints/%d", checkpointer.workdir, latest)
-        return state, latest
+    unreadable = []  # (step, why) of the checkpoints tried, newest first
+    for step in reversed(checkpointer.all_steps()):
+        path = checkpointer.workdir / train_checkpoint.CHECKPOINTS_DIR / str(step)
+        # Any exception while reading means this checkpoint cannot be resumed from; an older one may.
+        try:
+            stored = checkpointer.restore_config(step)
+        except Exception as e:  # pylint: disable=broad-except
+            unreadable.append((step, _reason(e)))
+            logging.warning("Checkpoint %s has no readable config (%s); trying an older one", path, _reason(e))
+            continue
+        _check_resumable(config, stored, checkpointer.workdir)
+        try:
+            state = checkpointer.restore(step, train_checkpoint.abstract_train_state(config, mesh),
+                                         data_iterator=train_iterator)
+        except Exception as e:  # pylint: disable=broad-except
+            unreadable.append((step, _reason(e)))
+            logging.warning("Checkpoint %s is unreadable (%s); trying an older one", path, _reason(e))
+            continue
+        for bad_step, _ in unreadable:
+            checkpointer.set_aside(bad_step)
+        logging.info("Resuming from %s", path)
+        return state, step
+    if unreadable:
+        tried = "; ".join(f"step {step}: {why}" for step, why in unreadable)
+        raise TrainingError(
+            f"no checkpoint in {checkpointer.workdir / train_checkpoint.CHECKPOINTS_DIR} is readable (tried {tried}). "
+            "Nothing was deleted; move them elsewhere or use a new --workdir to start afresh")
     networks = _init_from_networks(config)
     state = train_step.create_train_state(
         config, jax.random.key(config.seed),
@@ -435,6 +478,9 @@ def run_evaluation(predict_fn, generator_variables, eval_batches, mesh, evaluato
     return {name: stats["mean"] for name, stats in report["total"].items()}, grid
 
 
+
+
+
 # ---------------------------------------------------------------------------------------------
 # The run
 
@@ -601,6 +647,9 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (elsewhere).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (elsewhere).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (elsewhere).")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 100, "With --distributed: a process silent this long (e.g. its host died) "
+    "stops every other process with an error instead of leaving them waiting in a collective.")
 flags.mark_flags_as_required(["config", "workdir"])
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Full absl log lines (file, line, thread) and the INFO lines "
                              "of libraries such as Orbax; by default lines are 'time level message'.")
@@ -700,7 +749,7 @@ def main(argv) -> None:
         logging.get_absl_handler().setFormatter(cli.short_log_formatter())
     if _DISTRIBUTED.value:  # before anything touches the devices
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                                   process_id=_PROCESS_ID.value)
+                                   process_id=_PROCESS_ID.value, heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value)
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     # FileNotFoundError: data, weights or an init_from the config names that is not there.

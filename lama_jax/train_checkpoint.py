@@ -4,13 +4,17 @@ A training workdir holds two Orbax `CheckpointManager` directories:
 
     WORKDIR/checkpoints/<step>/   the newest `keep` checkpoints, saved asynchronously
         state/                    the train state (lama_jax.train_step), every network and optimiser
-        data_iter/                the Grain iterator's position, one JSON file per process
+        data_iter/                the Grain iterator's position (the same on every process)
         config/                   the run's config as JSON
     WORKDIR/best/<step>/          the checkpoint with the best validation metric (state and config)
+    WORKDIR/unreadable_checkpoints/<step>/  checkpoints that failed to restore, set aside (never deleted)
 
 Restoring `checkpoints/<step>` puts the run back exactly where it was: the
 same parameters, optimiser moments, PRNG key and the next batch the iterator
-would have produced. `best/` has no data iterator: it is what `export` reads
+would have produced, with any number of processes: the state is replicated
+and every process's iterator is at the same position of the shared stream
+(lama_jax.data.pipeline), so a run saved by 2 processes of 4 devices resumes
+on 1 process of 8 and vice versa. `best/` has no data iterator: it is what `export` reads
 to ship a model, not a place to resume from.
 
 These are distinct from *model* checkpoints (`lama_jax.checkpoint`), which hold
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 from typing import Mapping, Optional
 
 import grain
@@ -28,12 +33,15 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lama_jax import train_step
 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
+UNREADABLE_DIR = "unreadable_checkpoints"
 
 
 class TrainCheckpointError(ValueError):
@@ -86,10 +94,11 @@ class TrainCheckpointer:
 
         The iterator state is read before this returns, so the iterator may move
         on at once; the arrays are copied off the devices before it returns too.
+        Process 0 writes the iterator state: every process's is the same.
         """
         items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_to_json(config)))
         if data_iterator is not None:
-            items["data_iter"] = grain.checkpoint.CheckpointSave(data_iterator)
+            items["data_iter"] = ocp.args.JsonSave(data_iterator.get_state())
         self._manager.save(step, args=ocp.args.Composite(**items))
 
     def save_best(self, step: int, state, *, config: ml_collections.ConfigDict,
@@ -120,8 +129,27 @@ class TrainCheckpointer:
 
     # -- restoring -----------------------------------------------------------------------------
 
-    def latest_step(self) -> Optional[int]:
-        return self._manager.latest_step()
+    def all_steps(self) -> list:
+        """The steps of the finished checkpoints in checkpoints/, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def set_aside(self, step: int) -> None:
+        """Moves checkpoint `step` to WORKDIR/unreadable_checkpoints/ (for inspection, not deleted).
+
+        Every process calls this; process 0 moves the folder. Later saves can then
+        reuse the step number.
+        """
+        source = self.workdir / CHECKPOINTS_DIR / str(step)
+        if jax.process_index() == 0:
+            target = self.workdir / UNREADABLE_DIR / str(step)
+            suffix = 1
+            while target.exists():  # an earlier run set aside a checkpoint of the same step
+                target, suffix = self.workdir / UNREADABLE_DIR / f"{step}.{suffix}", suffix + 1
+            target.parent.mkdir(exist_ok=True)
+            shutil.move(source, target)
+            logging.warning("Moved the unreadable checkpoint %s to %s", source, target)
+        multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+        self._manager.reload()
 
     def best_step(self) -> Optional[int]:
         return self._best.best_step()
@@ -137,12 +165,15 @@ class TrainCheckpointer:
         """
         items = dict(state=ocp.args.StandardRestore(abstract_state))
         if data_iterator is not None:
-            items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iterator)
+            items["data_iter"] = ocp.args.JsonRestore()
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except (ValueError, KeyError) as e:
             raise TrainCheckpointError(
-                f"{self.workdir / CHECKPOINTS_DIR / str(step)} does not fit the current config: {e}") from None
+                f"{self.workdir / CHECKPOINTS_DIR / str(step)} cannot be restored (damaged, or not saved with "
+                f"this config): {e}") from None
+        if data_iterator is not None:
+            data_iterator.set_state(restored["data_iter"])
         return restored["state"]
 
 

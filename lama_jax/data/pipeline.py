@@ -2,16 +2,19 @@
 
 Training (``create_train_iterator``) is a Grain dataset::
 
-    record indices → this host's shard → shuffle(seed) → repeat   (record_order)
-      → random_map(read + decode + augment + mask, per-record RNG)
-      → to_iter_dataset → mp_prefetch(num_workers) → batch → uint8 to float32
+    record indices → shuffle(seed) → repeat                      (record_order)
+      → random_map(read + decode + augment + mask, per-position RNG)
+      → batch(global batch / hosts) → every host_count-th batch from host_index
+      → to_iter_dataset → mp_prefetch(num_workers) → uint8 to float32
 
 Every random number of a sample comes from the generator Grain derives from the
-seed and the record's position, and batching happens after ``mp_prefetch``, so
-the same seed gives the same batches for any worker count and after restoring
-the iterator state mid-epoch. The state (``iterator.get_state()``, or
-``grain.checkpoint.CheckpointSave``) is what a checkpoint stores; it is tied to
-``num_workers``.
+seed and the sample's position in one global stream, and global batch ``t`` is
+that stream's samples ``[t*B, (t+1)*B)``, of which host ``i`` of ``n`` reads rows
+``[i*B/n, (i+1)*B/n)``. So the hosts read disjoint parts of the stream, and the
+global batches are the same for any number of hosts and workers, and after
+restoring the iterator state mid-epoch. The state (``iterator.get_state()``,
+or ``grain.checkpoint.CheckpointSave``) is what a checkpoint stores; it is tied
+to ``num_workers``.
 
 Unreadable records (corrupt, truncated, empty, unreadable files, images under 8
 px) never stop training: the per-record transform logs the path and reason and
@@ -155,25 +158,21 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
     cv2.setNumThreads(1)
 
 
-def _map_seed(seed: int, process_index: int) -> int:
-    """A per-host seed for the random_map, so hosts do not repeat each other's augmentations."""
-    return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+def _map_seed(seed: int) -> int:
+    """The seed of the per-sample generators, distinct from the shuffle's."""
+    return int(np.random.SeedSequence([seed, 0]).generate_state(1)[0])
 
 
-def record_order(num_records: int, *, seed: int, process_index: int = 0, process_count: int = 1,
-                 description: str = "the source") -> grain.MapDataset:
-    """This host's endless stream of record indices: its shard, shuffled per pass, repeated.
+def record_order(num_records: int, *, seed: int) -> grain.MapDataset:
+    """The endless stream of record indices all hosts share: every record once per shuffled pass.
 
     Grain's index shuffle costs about 30/n ms per element over n indices (5 ms for
-    the six sample photos), so a shard under 4,096 records is shuffled as several
+    the six sample photos), so a source under 4,096 records is shuffled as several
     copies of its indices: one shuffled pass then visits each record ``copies``
     times.
     """
-    dataset = grain.MapDataset.range(num_records)[process_index::process_count]
-    if len(dataset) == 0:
-        raise ValueError(f"{description} has {num_records} records, none for host {process_index} "
-                         f"of {process_count}")
-    copies = math.ceil(_MIN_SHUFFLE_DOMAIN / len(dataset))
+    dataset = grain.MapDataset.range(num_records)
+    copies = math.ceil(_MIN_SHUFFLE_DOMAIN / num_records)
     if copies > 1:
         dataset = dataset.repeat(copies)
     return dataset.shuffle(seed=seed).repeat(None)
@@ -200,17 +199,17 @@ def create_train_dataset(data_config: ml_collections.ConfigDict, *, global_batch
     maker = TrainSampleMaker(source, transform=data_config.transform, crop_size=data_config.crop_size,
                              mask_generator=mask_generator,
                              max_bad_in_a_row=data_config.get("max_bad_in_a_row", DEFAULT_MAX_BAD_IN_A_ROW))
-    dataset = record_order(len(source), seed=seed, process_index=process_index,
-                           process_count=process_count, description=source.description)
-    dataset = dataset.random_map(maker, seed=_map_seed(seed, process_index))
+    dataset = record_order(len(source), seed=seed).random_map(maker, seed=_map_seed(seed))
+    # Batch k of this host is rows [i*b, (i+1)*b) of global batch k (see the module docstring).
     per_host_batch = global_batch_size // process_count
-    # Grain's default buffer (500 records of ~1 MB each) is far more than a batch needs.
+    dataset = dataset.batch(per_host_batch)[process_index::process_count]
+    # Read-ahead counts batches; Grain's default of 500 is far more than training needs.
     iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(
-        num_threads=data_config.get("read_threads", 2), prefetch_buffer_size=2 * per_host_batch))
+        num_threads=data_config.get("read_threads", 2), prefetch_buffer_size=2))
     if data_config.num_workers > 0:
         iter_dataset = iter_dataset.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=data_config.num_workers), worker_init_fn=_init_worker)
-    return iter_dataset.batch(per_host_batch, drop_remainder=True).map(to_float_batch)
+    return iter_dataset.map(to_float_batch)
 
 
 def create_train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
