@@ -478,9 +478,6 @@ def run_evaluation(predict_fn, generator_variables, eval_batches, mesh, evaluato
     return {name: stats["mean"] for name, stats in report["total"].items()}, grid
 
 
-
-
-
 # ---------------------------------------------------------------------------------------------
 # The run
 
