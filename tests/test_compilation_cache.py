@@ -36,7 +36,8 @@ def test_relaunch_compiles_the_step_from_the_cache_and_reports_it(tmp_path):
 
     second = launch(workdir, cache, total_steps=3)  # resumes at step 2 and compiles the same step
     assert second["start_step"] == 2 and second["final_step"] == 3
-    assert second["startup"]["compile_s"] < 0.25 * startup["compile_s"], (second["startup"], startup)
+    # compile_s is XLA's part alone (tracing and lowering are lower_s): a cache hit only deserialises.
+    assert second["startup"]["compile_s"] < 0.1 * startup["compile_s"], (second["startup"], startup)
 
 
 def test_empty_cache_dir_turns_the_cache_off(tmp_path):

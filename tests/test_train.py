@@ -188,7 +188,8 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, cli_env):
     log = pathlib.Path(f"{tmp_path}.log").read_text()
     # Short log lines (time, level, message), and the compile message before the first step.
     assert re.search(r"^\d\d:\d\d:\d\d INFO compiling the train step; ", log, re.MULTILINE), log[-3000:]
-    assert re.search(r"^\d\d:\d\d:\d\d INFO train step compiled in [\d.]+ s: memory per device ", log,
+    assert re.search(r"^\d\d:\d\d:\d\d INFO train step compiled in [\d.]+ s \(traced and lowered in [\d.]+ s\): "
+                     r"memory per device ", log,
                      re.MULTILINE)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stopped_by"] == "SIGTERM"
