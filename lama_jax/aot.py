@@ -77,6 +77,9 @@ def topology_devices(topology: str) -> List[Any]:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
     except Exception as e:  # libtpu's own message for a malformed or unsupported name is long
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "lockfile" in first_line:  # another process holds libtpu (only one may, by default)
+            raise AotError("libtpu is in use by another process; wait for it, or set ALLOW_MULTIPLE_LIBTPU_LOAD=1 "
+                           "(safe here: compiling for a topology uses no TPU)") from None
         raise AotError(f"unknown topology {topology!r} ({first_line[:160]}): use e.g. {TOPOLOGY_EXAMPLES}") from None
 
 

@@ -46,14 +46,15 @@ def check_data_parallel_report(report, *, devices, programs=("train_step", "pred
         assert r["compile_s"] > 0 and r["lower_s"] > 0
         assert r["memory_bytes"]["total"] > 0 and r["memory_bytes"]["arguments"] > 0
         assert r["flops"] > 0
+    # The SPMD partitioner of jax 0.10 and 0.11 does not split XLA:CPU's FFT (and the transpose before
+    # it) along the batch and all-gathers its operand instead (measured; the README's matrix notes
+    # it); 0.12 does.
+    fft_gather = {"all-gather"} if jax.__version_info__ < (0, 12) and report["platform"] == "cpu" else set()
     if "train_step" in programs:
         # Data parallelism: gradients (and BN statistics, with global BN) are all-reduced, nothing else.
-        # The SPMD partitioner of jax 0.10 and 0.11 does not split XLA:CPU's FFT (and the transpose
-        # before it) along the batch and all-gathers its operand instead (measured; the README's
-        # matrix notes it); 0.12 does.
-        expected = {"all-reduce"} if jax.__version_info__ >= (0, 12) or report["platform"] != "cpu" else {
-            "all-reduce", "all-gather"}
-        assert set(report["train_step"]["collectives"]) == expected
+        assert set(report["train_step"]["collectives"]) == {"all-reduce"} | fft_gather
+    if "predict" in programs:
+        assert set(report["predict"]["collectives"]) == fft_gather
 
 
 def test_local_topology_on_eight_cpu_devices():
@@ -63,7 +64,6 @@ def test_local_topology_on_eight_cpu_devices():
     check_data_parallel_report(report, devices=8)
     assert report["train_step"]["memory_capacity_bytes"] is None and report["train_step"]["fits"] is None
     assert report["train_step"]["memory_bytes"]["aliases"] > 0  # the donated state
-    assert report["predict"]["collectives"] == {}
     text = aot.format_report(report)
     assert "8 x cpu" in text and "capacity unknown" in text and "all-reduce x" in text
 
