@@ -32,7 +32,7 @@ def test_relaunch_compiles_the_step_from_the_cache_and_reports_it(tmp_path):
     assert startup["parameters"]["generator"] > 0 and startup["parameters"]["discriminator"] > 0
     assert "resnet_pl" not in startup["parameters"]  # tiny has no perceptual loss
     assert startup["memory_bytes"]["total"] > 0 and startup["flops"] > 0
-    assert set(startup["collectives"]) == {"all-reduce"}
+    assert startup["collectives"]["all-reduce"]["count"] > 0  # the gradients' (test_aot.py checks the rest)
 
     second = launch(workdir, cache, total_steps=3)  # resumes at step 2 and compiles the same step
     assert second["start_step"] == 2 and second["final_step"] == 3
