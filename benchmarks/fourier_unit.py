@@ -15,13 +15,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
+from generator import median_ms  # this folder's timing helper (scripts run with it on sys.path)
 from lama_jax import aot
 from lama_jax.models import FourierUnit
 
@@ -46,24 +46,14 @@ def programs(impl: str, side: int, batch: int):
     return variables, x, forward, lambda variables, x: forward_backward(variables["params"], x)
 
 
-def wall_ms(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def measure_local(repeats: int) -> dict:
     results = {}
     for size, side in SIDES.items():
         for impl in ("fft", "dft"):
             variables, x, forward, forward_backward = programs(impl, side, 1)
             results[f"{impl}_{size}"] = dict(
-                forward_ms=wall_ms(jax.jit(forward), variables, x, repeats=repeats),
-                forward_backward_ms=wall_ms(jax.jit(forward_backward), variables, x, repeats=repeats))
+                forward_ms=median_ms(jax.jit(forward), variables, x, repeats=repeats),
+                forward_backward_ms=median_ms(jax.jit(forward_backward), variables, x, repeats=repeats))
     return results
 
 
