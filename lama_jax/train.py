@@ -519,7 +519,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Dict[str, 
     state, start_step = initial_train_state(config, mesh, checkpointer, train_iterator)
     predict_fn = train_step.make_predict_fn(config, mesh)
     logging.info("Compilation cache: %s", cache_dir or "off")
-    step_fn, startup = compile_train_step(train_step.make_train_step(config, mesh), state, config, mesh)
+    step_fn, startup = None, None  # a finished run relaunched trains nothing and compiles nothing
+    if start_step < config.total_steps:
+        step_fn, startup = compile_train_step(train_step.make_train_step(config, mesh), state, config, mesh)
     profile = _profile_window(config) if is_chief else None
 
     writer = MetricWriter(workdir, enabled=is_chief, start_step=start_step)
