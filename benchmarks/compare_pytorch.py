@@ -339,7 +339,7 @@ def loader_rates(torch_side, args, config, tmp: pathlib.Path) -> dict:
     if not images:
         images = tmp / "images"
         images.mkdir()
-        data_pipeline.write_reference_like_inputs(images)
+        data_pipeline.write_sample_jpegs(images)
     data_config = config.data
     data_config.source, data_config.train_dir = "folder", str(images)
     data_config.num_workers, data_config.read_threads = 0, 0

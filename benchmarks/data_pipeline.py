@@ -11,13 +11,12 @@ Measures, with OpenCV on one thread:
 * ``train_samples_per_s_workers``: the same with one worker process per core,
   all cores, after the first batch (worker start-up is reported separately).
 
-Inputs mirror the reference measurement unless ``--images`` names a folder:
+Inputs, unless ``--images`` names a folder:
 the built-in sample photos centre-cropped to 512x512 and saved as JPEG quality 95
 in a temporary folder. Rates are medians over ``--repeats`` runs (best run also
 given). Single-core rates are also given per CPU-second of this process
-(``*_cpu``), which is what a busy shared machine distorts least. The reference
-figures are upstream LaMa measured once on another 2-core machine of the
-development machine type, not in this run: compare ratios only with care.
+(``*_cpu``), which is what a busy shared machine distorts least. Upstream LaMa's
+loader beside this one, in one run: benchmarks/compare_pytorch.py.
 """
 
 import json
@@ -46,11 +45,6 @@ _SAMPLES = flags.DEFINE_integer("samples", 320, "training samples per repeat")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed repeats; the median is reported")
 _WORKERS = flags.DEFINE_integer("workers", 0, "worker processes for the multi-core figure (0: one per core)")
 
-# Upstream LaMa, one core, measured once on the development machine type (not this run).
-REFERENCE = {
-    "masks_per_s": {"train_mixed": 2216, "thin_256": 308, "medium_256": 1073, "thick_256": 2348},
-    "train_samples_per_s_core": 108,
-}
 BATCH = 16
 
 
@@ -65,8 +59,8 @@ def _rate(count: int, run) -> dict[str, float]:
     return {"median": statistics.median(wall), "best": max(wall), "cpu": statistics.median(cpu)}
 
 
-def write_reference_like_inputs(folder: pathlib.Path) -> None:
-    """The sample photos as the reference benchmark's inputs: 512x512 centre crops, JPEG quality 95."""
+def write_sample_jpegs(folder: pathlib.Path) -> None:
+    """The sample photos as benchmark inputs: 512x512 centre crops, JPEG quality 95."""
     for path in samples.sample_photo_paths():
         square = augment.eval_transform(cv2.imread(str(path)), 512)
         cv2.imwrite(str(folder / f"{path.stem}.jpg"), square, [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -149,7 +143,7 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         images = _IMAGES.value
         if not images:
-            write_reference_like_inputs(pathlib.Path(tmp))
+            write_sample_jpegs(pathlib.Path(tmp))
             images = tmp
         all_cpus = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {min(all_cpus)})
@@ -163,7 +157,7 @@ def main(argv):
 
     result = {
         "machine": {"cpu": _cpu_model(), "cores": len(all_cpus), "load_avg_1min": os.getloadavg()[0]},
-        "images": _IMAGES.value or "sample photos as 512x512 JPEG q95 (reference recipe)",
+        "images": _IMAGES.value or "sample photos as 512x512 JPEG q95",
         "masks_per_s": mask_rates,
         "train_samples_per_s_core": round(core["median"], 1),
         "train_samples_per_s_core_best": round(core["best"], 1),
@@ -172,21 +166,15 @@ def main(argv):
         "train_samples_per_s_workers_best": round(workers["best"], 1),
         "workers": num_workers,
         "worker_startup_s": round(startup, 2),
-        "reference": REFERENCE,
-        "speedup_vs_reference": {
-            "train_masks_per_s": round(
-                mask_rates["train_mixed"] / REFERENCE["masks_per_s"]["train_mixed"], 2),
-            "train_samples_per_s_core": round(core["median"] / REFERENCE["train_samples_per_s_core"], 2),
-        },
     }
     if _JSON.value:
         print(json.dumps(result))
         return
-    print(f"{'preset':<14}{'masks/s':>10}{'reference':>11}")
+    print(f"{'preset':<14}{'masks/s':>10}")
     for name, rate in mask_rates.items():
-        print(f"{name:<14}{rate:>10.0f}{REFERENCE['masks_per_s'].get(name, ''):>11}")
+        print(f"{name:<14}{rate:>10.0f}")
     print(f"training samples/s, one core: {core['median']:.0f} (best {core['best']:.0f}, per CPU-second "
-          f"{core['cpu']:.0f}; reference {REFERENCE['train_samples_per_s_core']})")
+          f"{core['cpu']:.0f})")
     print(f"training samples/s, {num_workers} workers: {workers['median']:.0f} (best {workers['best']:.0f}; "
           f"start-up {startup:.1f} s)")
 

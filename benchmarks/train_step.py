@@ -21,8 +21,8 @@ With a GPU present (or --gpu-batch given) it also reports images per second at
 gpu_bf16_img_s) and the model FLOP utilisation of both (mfu_fp32, mfu_bf16)
 against the device's dense peak (`--peak-tflops` overrides the table).
 
-The PyTorch reference on the same 2-core CPU takes 8.36 s per batch-1 step
-(G 6.35 s + D 2.01 s), measured once on another machine of that type.
+The same step beside upstream PyTorch LaMa's, in one run on this machine:
+benchmarks/compare_pytorch.py.
 """
 
 import argparse
@@ -41,7 +41,6 @@ import numpy as np
 from lama_jax import train_step
 from lama_jax.configs import big_lama
 
-REFERENCE_CPU_STEP_S = 8.36
 # Dense tensor-core peak TFLOP/s per compute dtype (vendor datasheets, SXM parts). JAX runs float32
 # convolutions and matmuls on GPU as TF32 at its default precision, hence the TF32 peak for float32.
 PEAK_TFLOPS = {
@@ -115,8 +114,7 @@ def main(argv=None):
     config = big_lama.get_config()
     config.train.batch_norm = "global"
     mesh = train_step.make_mesh(jax.devices()[:1])
-    results = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind, "size": args.size,
-               "reference_cpu_step_s": REFERENCE_CPU_STEP_S}
+    results = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind, "size": args.size}
 
     results["load_average_before"] = os.getloadavg()[0]
     step_s, step_cpu_s, compile_s, compiled = time_step(config, 1, args.size, args.repeats, mesh)
