@@ -212,6 +212,7 @@ def stand_in(tmp_path_factory):
     return root, config
 
 
+@pytest.mark.slow  # compiles the tiny train step in both step modes: ~50 s of CPU
 def test_compares_both_sides_on_one_machine(stand_in, capsys):
     root, config = stand_in
     status = compare.main(["--lama-root", str(root), "--lama-commit", "0123abc", "--config", str(config),
