@@ -18,8 +18,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import resnet_recipe
 from lama_jax.configs import tiny
-from lama_jax import convert, train_step
-from lama_jax.models import build_discriminator
+from lama_jax import convert, inference, train_step
+from lama_jax.models import build_discriminator, build_generator, layers
 
 FIXTURE_GENERATOR = dict(ngf=16, n_downsampling=3, n_blocks=2, ratio=0.75, enable_lfu=False)
 FIXTURE_DISCRIMINATOR = dict(ndf=16, n_layers=4)
@@ -245,6 +245,48 @@ def test_per_device_bn_equals_each_slice_alone(tiny_state):
     # global-statistics values for them: the two BN modes really differ.
     _, global_metrics = run_step(1, tiny_state, batch, batch_norm="global")
     assert abs(global_metrics["gen_total"] - metrics["gen_total"]) > 1e-3
+
+
+def test_a_fully_masked_crop_alone_in_its_batch_norm_group_has_zero_variance_encoder_channels():
+    """One crop per BN group (per-device BN at one crop per device) whose mask covers all of it.
+
+    The generator's input is then the same at every pixel (zero RGB, mask 1), and its encoder convs
+    have no bias and reflect-pad, so every encoder channel is constant: each BN's batch variance is
+    0, and its backward multiplies the gradient by 1 / sqrt(eps) = 316. Stacked over the encoder's
+    BNs that reaches float32's range (measured on test_train's small config, seed 0, crop 3 of step
+    2: a generator gradient norm of inf at the initial weights, 1e11 after one step; upstream PyTorch
+    LaMa's generator gives NaN on such a crop), so one-crop-per-device training data must not hold
+    whole-crop masks (test_multihost's runs). A crop with a hole has varying channels.
+    """
+    rng = np.random.default_rng(0)
+    image = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    mask = np.ones((2, 32, 32, 1), np.float32)
+    mask[1] = 0.0
+    mask[1, 4:20, 6:28] = 1.0  # crop 1: an ordinary hole
+    generator = build_generator(dict(tiny.get_config().model.generator, n_blocks=1), bn_groups=2)
+    x = inference.model_input(jnp.asarray(image), jnp.asarray(mask))
+    # Initialising in train mode runs the batch-statistics forward once and keeps its activations;
+    # an RBG key compiles the initialisers several times faster than threefry.
+    variables = jax.jit(functools.partial(generator.init, train=True, capture_intermediates=True))(
+        jax.random.key(0, impl="rbg"), x)
+    for stage in ("init", "down_0", "down_1", "down_2"):
+        convs = variables["intermediates"][stage]["ffc"]
+        for name in convs:
+            if name.startswith("conv"):
+                conv_out = np.asarray(convs[name]["__call__"][0])
+                assert np.all(conv_out[0] == conv_out[0, :1, :1]), (stage, name)  # one value per channel
+                assert np.ptp(conv_out[1], axis=(0, 1)).min() > 0, (stage, name)
+
+    # The BN backward on such a channel: the output cotangent, centred, times 1 / sqrt(eps).
+    bn = layers.BatchNorm(groups=2)
+    channel = np.stack([np.full((4, 4, 1), 0.7, np.float32), rng.normal(size=(4, 4, 1)).astype(np.float32)])
+    bn_vars = bn.init(jax.random.key(0), channel, train=False)
+    cotangent = rng.normal(size=channel.shape).astype(np.float32)
+    _, vjp = jax.vjp(lambda v: bn.apply(bn_vars, v, train=True, mutable=["batch_stats"])[0], jnp.asarray(channel))
+    (grad,) = vjp(jnp.asarray(cotangent))
+    centred = cotangent[0] - cotangent[0].mean()
+    np.testing.assert_allclose(np.asarray(grad[0]), centred / np.sqrt(1e-5), rtol=1e-4, atol=1e-3)
+    assert np.abs(np.asarray(grad[1])).max() < 10 * np.abs(cotangent[1]).max()
 
 
 def test_reference_mode_trains_discriminator_on_the_updated_generator(tiny_state):
