@@ -89,7 +89,8 @@ def test_smoke_produces_every_field():
     result = run_script("--smoke", "--json", "--budget-s", "1800")  # a busy 2-core machine compiles slowly
     assert_nulls_have_reasons(result)
     assert_machine(result["machine"])
-    assert all("skipped" not in result[part] for part in PARTS), {p: result[p].get("skipped") for p in PARTS}
+    # A part skipped whole has a note; throughput and inference list the configurations they skipped.
+    assert all(result[part].get("skipped", []) == [] for part in PARTS), {p: result[p].get("skipped") for p in PARTS}
     assert all(result[part]["seconds"] > 0 for part in PARTS)
 
     bf16 = result["bf16"]
