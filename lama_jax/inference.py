@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lama_jax import checkpoint
 from lama_jax.models import build_generator
 
 PAD_MODULO = 8
@@ -94,6 +93,8 @@ class Inpainter:
     @classmethod
     def from_checkpoint(cls, directory, dtype: str = "float32") -> "Inpainter":
         """Loads the generator of a model checkpoint (`lama_jax.convert` / `lama_jax.export` output)."""
+        from lama_jax import checkpoint  # Orbax, needed only here: inference from given variables runs without it
+
         model = checkpoint.load_model(pathlib.Path(directory), networks=["generator"])
         return cls(model.model_config["generator"], model.variables["generator"], dtype=dtype)
 

@@ -31,7 +31,6 @@ import dataclasses
 import math
 from typing import Any, Optional
 
-import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -137,7 +136,17 @@ def pyr_down_mask(mask: jax.Array, *, blur: bool, round_up: bool) -> jax.Array:
 
 
 def erosion_kernel(size: int = EROSION_SIZE) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)).astype(bool)
+    """OpenCV's `MORPH_ELLIPSE` structuring element of size x size, as booleans, without OpenCV.
+
+    Row i spans columns r - dx .. r + dx, with r = size // 2, dy = i - r and dx = round(r * sqrt(1 - dy² / r²)).
+    """
+    radius = size // 2
+    kernel = np.zeros((size, size), bool)
+    for row in range(size):
+        dy = row - radius
+        half = int(np.rint(radius * np.sqrt((radius * radius - dy * dy) / (radius * radius)))) if radius else 0
+        kernel[row, max(radius - half, 0): min(radius + half + 1, size)] = True
+    return kernel
 
 
 def erode(mask: jax.Array, kernel: np.ndarray) -> jax.Array:

@@ -10,25 +10,11 @@ import numpy as np
 import pytest
 
 import resnet_recipe
+from fixture_arrays import generator_fixture, load, nhwc, state_dict
 from lama_jax import convert
 from lama_jax.models import (
     FFCBnAct, FourierUnit, NLayerDiscriminator, ResNet50Dilated, SpectralTransform, build_generator,
 )
-
-SMALL_GENERATOR = dict(ngf=16, n_downsampling=3, n_blocks=2, ratio=0.75, enable_lfu=False)
-
-
-def load(fixtures_dir, name):
-    with np.load(fixtures_dir / f"{name}.npz", allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-
-
-def state_dict(arrays, prefix="state_dict/"):
-    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-
-def nhwc(a):
-    return jnp.asarray(np.asarray(a).transpose(0, 2, 3, 1))
 
 
 def assert_close(actual, expected_nchw, atol, name=""):
@@ -125,12 +111,6 @@ def test_ffc_bn_act_downsampling_births_global_stream(fixtures_dir, mode):
     (out_l, out_g), _ = module.apply(variables, streams, train=mode == "train", mutable=["batch_stats"])
     assert_close(out_l, f[f"{mode}/output_l"], 1e-5, "output_l")
     assert_close(out_g, f[f"{mode}/output_g"], 1e-5, "output_g")
-
-
-def generator_fixture(fixtures_dir, name, fft_impl="fft", **overrides):
-    f = load(fixtures_dir, name)
-    cfg = {**SMALL_GENERATOR, **overrides}
-    return f, cfg, build_generator(cfg, fft_impl=fft_impl), convert.convert_generator(state_dict(f), cfg)
 
 
 @pytest.mark.parametrize("fft_impl", ["fft", "dft"])  # "dft": the exported StableHLO's Fourier units

@@ -61,6 +61,12 @@ def test_gaussian_blur_matches_a_reflect_padded_5x5_convolution():
     np.testing.assert_allclose(refinement.gaussian_blur(jnp.asarray(x)), expected, atol=1e-6)
 
 
+def test_erosion_kernel_is_opencvs_ellipse_at_every_size():
+    for size in range(1, 32):
+        expected = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)).astype(bool)
+        np.testing.assert_array_equal(refinement.erosion_kernel(size), expected, err_msg=f"size {size}")
+
+
 def test_erode_matches_opencv_with_the_15x15_ellipse():
     rng = np.random.default_rng(2)
     mask = (cv2.GaussianBlur(rng.uniform(size=(60, 70)).astype(np.float32), (0, 0), 4) > 0.5).astype(np.float32)
