@@ -104,18 +104,6 @@ def add_speedups(figures: dict, refused) -> None:
                 figure["speedup"] = round(figure["torch_s"] / figure["lama_jax_s"], 3)
 
 
-def upstream_config(config) -> upstream_lama.UpstreamConfig:
-    """The upstream settings holding the same networks, losses and optimisers as a lama_jax config."""
-    g, d, w, o = config.model.generator, config.model.discriminator, config.losses, config.optim
-    return upstream_lama.UpstreamConfig(
-        ngf=g.ngf, n_downsampling=g.n_downsampling, n_blocks=g.n_blocks, ratio=g.ratio, enable_lfu=g.enable_lfu,
-        ndf=d.ndf, n_layers=d.n_layers, l1_weight_known=w.l1_weight_known, l1_weight_missing=w.l1_weight_missing,
-        adversarial_weight=w.adversarial_weight, r1_weight=w.r1_weight, mask_as_fake_target=w.mask_as_fake_target,
-        allow_scale_mask=w.allow_scale_mask, feature_matching_weight=w.feature_matching_weight,
-        resnet_pl_weight=w.resnet_pl_weight, generator_lr=o.generator_lr, discriminator_lr=o.discriminator_lr,
-        clip_norm=o.clip_norm)
-
-
 def make_batch(size: int, seed: int = 0) -> dict:
     """A random image and a LaMa-like hole (a centred box plus scattered pixels), NHWC float32."""
     rng = np.random.default_rng(seed)
@@ -189,7 +177,7 @@ def run(args) -> dict:
         refused = same_machine(machine, torch_machine)
         config = load_config(args.config)
         config.train.batch_norm = "global"
-        up_config = upstream_config(config)
+        up_config = upstream_lama.UpstreamConfig.from_lama_jax(config)
         mesh = train_step.make_mesh(jax.devices()[:1])
         result = {
             "machine": {"cpu": machine["cpu"], "cores": machine["cores"], "hostname": machine["hostname"]},

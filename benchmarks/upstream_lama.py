@@ -2,16 +2,18 @@
 
 Nothing of LaMa is copied here: `import_upstream(lama_root)` puts the checkout on
 `sys.path` and imports its `saicinpainting` package. The functions build
-upstream's own networks and losses with big-lama's settings (its
-`configs/training/big-lama.yaml`) or any `UpstreamConfig`:
+upstream's own networks and losses with the settings of a lama_jax config
+(`UpstreamConfig.from_lama_jax`; default the packaged big_lama, which holds
+upstream's `configs/training/big-lama.yaml` values):
 
 * `torch_generator`: the `FFCResNetGenerator`, seeded init, float32;
 * `generator_variables_from_torch`: its weights as lama_jax variables (lama_jax.convert);
 * `torch_training_step`: one G step then one D step with upstream's
   `DefaultInpaintingTrainingModule` methods. LaMa's trainer targets
   PyTorch-Lightning 1.2.9, whose loop current Lightning does not reproduce, so
-  what that loop did is done here: per optimizer (G, then D) `_do_step`,
-  backward, `clip_grad_norm_(params, 1)` (Lightning's `gradient_clip_val: 1`,
+  what that loop did is done here: per optimizer (G, then D), with the other
+  network's parameters not requiring gradients (Lightning's optimizer
+  toggling), `_do_step`, backward, `clip_grad_norm_(params, 1)` (Lightning's `gradient_clip_val: 1`,
   `min(1, 1 / (norm + 1e-6))`), `step()`, `zero_grad()`.
 
 Run as a script (`python upstream_lama.py --serve --lama-root DIR`) it is the
@@ -46,26 +48,43 @@ class UpstreamUnavailable(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class UpstreamConfig:
-    """The parts of an upstream training config the benchmarks use; defaults are big-lama.yaml's."""
+    """The settings of an upstream training config the benchmarks use, taken from a lama_jax config."""
 
-    ngf: int = 64
-    n_downsampling: int = 3
-    n_blocks: int = 18
-    ratio: float = 0.75
-    enable_lfu: bool = False
-    ndf: int = 64
-    n_layers: int = 4
-    l1_weight_known: float = 10.0
-    l1_weight_missing: float = 0.0
-    adversarial_weight: float = 10.0
-    r1_weight: float = 0.001
-    mask_as_fake_target: bool = True
-    allow_scale_mask: bool = True
-    feature_matching_weight: float = 100.0
-    resnet_pl_weight: float = 30.0
-    generator_lr: float = 1e-3
-    discriminator_lr: float = 1e-4
-    clip_norm: float = 1.0
+    ngf: int
+    n_downsampling: int
+    n_blocks: int
+    ratio: float
+    enable_lfu: bool
+    ndf: int
+    n_layers: int
+    l1_weight_known: float
+    l1_weight_missing: float
+    adversarial_weight: float
+    r1_weight: float
+    mask_as_fake_target: bool
+    allow_scale_mask: bool
+    feature_matching_weight: float
+    resnet_pl_weight: float
+    generator_lr: float
+    discriminator_lr: float
+    clip_norm: float
+
+    @classmethod
+    def from_lama_jax(cls, config=None) -> "UpstreamConfig":
+        """The upstream settings holding the same networks, losses and optimisers as a lama_jax config
+        (default: the packaged big_lama, whose values are big-lama.yaml's)."""
+        if config is None:
+            from lama_jax import config_loader  # ml_collections only; no JAX
+
+            config = config_loader.load_config("big_lama")
+        g, d, w, o = config.model.generator, config.model.discriminator, config.losses, config.optim
+        return cls(ngf=g.ngf, n_downsampling=g.n_downsampling, n_blocks=g.n_blocks, ratio=g.ratio,
+                   enable_lfu=g.enable_lfu, ndf=d.ndf, n_layers=d.n_layers, l1_weight_known=w.l1_weight_known,
+                   l1_weight_missing=w.l1_weight_missing, adversarial_weight=w.adversarial_weight,
+                   r1_weight=w.r1_weight, mask_as_fake_target=w.mask_as_fake_target,
+                   allow_scale_mask=w.allow_scale_mask, feature_matching_weight=w.feature_matching_weight,
+                   resnet_pl_weight=w.resnet_pl_weight, generator_lr=o.generator_lr,
+                   discriminator_lr=o.discriminator_lr, clip_norm=o.clip_norm)
 
     def generator_kwargs(self) -> Dict[str, Any]:
         """Upstream `FFCResNetGenerator` keyword arguments (big-lama.yaml's `generator:` section)."""
@@ -76,8 +95,6 @@ class UpstreamConfig:
                     resnet_conv_kwargs=dict(ratio_gin=self.ratio, ratio_gout=self.ratio,
                                             enable_lfu=self.enable_lfu))
 
-
-BIG_LAMA = UpstreamConfig()
 
 
 def _missing(name: str, lama_root) -> UpstreamUnavailable:
@@ -158,10 +175,11 @@ def import_upstream(lama_root) -> types.SimpleNamespace:
 
 
 def torch_generator(lama_root, *, seed: int = 0, device: str = "cpu",
-                    config: UpstreamConfig = BIG_LAMA):
-    """Upstream's FFCResNetGenerator with `config`'s (default big-lama's) kwargs, seeded init, float32."""
+                    config: Optional[UpstreamConfig] = None):
+    """Upstream's FFCResNetGenerator with `config`'s kwargs (default big-lama's), seeded init, float32."""
     import torch
 
+    config = config or UpstreamConfig.from_lama_jax()
     upstream = import_upstream(lama_root)
     torch.manual_seed(seed)
     return upstream.make_generator(None, kind="ffc_resnet", **config.generator_kwargs()).float().to(device)
@@ -178,11 +196,11 @@ def state_dict_numpy(module) -> Dict[str, Any]:
     return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 
 
-def generator_variables_from_torch(module, config: UpstreamConfig = BIG_LAMA):
+def generator_variables_from_torch(module, config: Optional[UpstreamConfig] = None):
     """lama_jax variables holding the weights of an upstream generator built with `config`."""
     from lama_jax import convert
 
-    cfg = lama_jax_model_config(config)["generator"]
+    cfg = lama_jax_model_config(config or UpstreamConfig.from_lama_jax())["generator"]
     return convert.convert_generator(state_dict_numpy(module), cfg, source="upstream generator")
 
 
@@ -237,9 +255,10 @@ class TorchTraining:
 
 
 def torch_training(lama_root, *, seed: int = 0, device: str = "cpu",
-                   config: UpstreamConfig = BIG_LAMA) -> TorchTraining:
+                   config: Optional[UpstreamConfig] = None) -> TorchTraining:
     import torch
 
+    config = config or UpstreamConfig.from_lama_jax()
     upstream = import_upstream(lama_root)
     generator = torch_generator(lama_root, seed=seed, device=device, config=config)
     torch.manual_seed(seed + 1)
@@ -262,9 +281,14 @@ def torch_training(lama_root, *, seed: int = 0, device: str = "cpu",
         losses = {}
         for index, (optimizer, network) in enumerate(optimizers):
             tensors = {k: torch.from_numpy(v.transpose(0, 3, 1, 2).copy()).to(device) for k, v in batch.items()}
+            # Lightning 1.2.9 with several optimizers toggles them: the other optimizer's parameters do not
+            # require gradients during this one's pass, so G's backward computes no D weight gradients.
+            other = optimizers[1 - index][1]
+            other.requires_grad_(False)
             # batch_idx 1: not a multiple of visualize_each_iters, so the visualiser is not run.
             result = module._do_step(tensors, 1, mode="train", optimizer_idx=index)
             result["loss"].backward()
+            other.requires_grad_(True)
             torch.nn.utils.clip_grad_norm_(network.parameters(), config.clip_norm)
             optimizer.step()
             optimizer.zero_grad()
@@ -276,7 +300,7 @@ def torch_training(lama_root, *, seed: int = 0, device: str = "cpu",
 
 
 def torch_training_step(lama_root, *, seed: int = 0, device: str = "cpu", batch_size: int = 1, size: int = 256,
-                        config: UpstreamConfig = BIG_LAMA) -> Callable[[Dict[str, Any]], Dict[str, float]]:
+                        config: Optional[UpstreamConfig] = None) -> Callable[[Dict[str, Any]], Dict[str, float]]:
     """`step(batch) -> losses` of upstream's trainer; batch: {"image": (B, H, W, 3), "mask": (B, H, W, 1)}
     float32 numpy (NHWC, as lama_jax takes it). batch_size and size describe the batches it will get."""
     del batch_size, size  # the upstream networks are fully convolutional; kept for callers' clarity
