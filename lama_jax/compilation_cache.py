@@ -9,9 +9,10 @@ others with `--compilation_cache_dir`. The directory may be local or, on TPU VMs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
-from typing import Optional
+from typing import Dict, Iterator, Optional
 
 import jax
 
@@ -40,3 +41,26 @@ def enable(setting: Optional[str]) -> Optional[str]:
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", directory)
     return directory
+
+
+_CACHE_EVENTS = {"/jax/compilation_cache/cache_hits": "hits", "/jax/compilation_cache/cache_misses": "misses"}
+
+
+@contextlib.contextmanager
+def count_lookups() -> Iterator[Dict[str, int]]:
+    """Counts the persistent-cache hits and misses (misses that were written back) inside the block.
+
+    The counts, not the compile time, say whether a relaunch read its programs back: reading a large
+    executable can itself take seconds on a busy host.
+    """
+    counts = {"hits": 0, "misses": 0}
+
+    def listener(event: str, **_):
+        if event in _CACHE_EVENTS:
+            counts[_CACHE_EVENTS[event]] += 1
+
+    jax.monitoring.register_event_listener(listener)
+    try:
+        yield counts
+    finally:
+        jax.monitoring.unregister_event_listener(listener)

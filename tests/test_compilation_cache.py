@@ -34,10 +34,15 @@ def test_relaunch_compiles_the_step_from_the_cache_and_reports_it(tmp_path):
     assert startup["memory_bytes"]["total"] > 0 and startup["flops"] > 0
     assert startup["collectives"]["all-reduce"]["count"] > 0  # the gradients' (test_aot.py checks the rest)
 
+    assert startup["from_compilation_cache"] is False
+
     second = launch(workdir, cache, total_steps=3)  # resumes at step 2 and compiles the same step
     assert second["start_step"] == 2 and second["final_step"] == 3
-    # compile_s is XLA's part alone (tracing and lowering are lower_s): a cache hit only deserialises.
-    assert second["startup"]["compile_s"] < 0.1 * startup["compile_s"], (second["startup"], startup)
+    assert second["startup"]["from_compilation_cache"] is True, second["startup"]
+    assert sorted(p.name for p in cache.iterdir()) == entries, "the relaunch compiled a program anew"
+    # compile_s is XLA's part alone (tracing and lowering are lower_s): a cache hit only deserialises,
+    # which on a loaded 2-core host has taken up to 12 % of the cold compile (2.0 s of 17.6 s).
+    assert second["startup"]["compile_s"] < 0.3 * startup["compile_s"], (second["startup"], startup)
 
 
 def test_empty_cache_dir_turns_the_cache_off(tmp_path):
