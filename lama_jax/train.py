@@ -111,7 +111,7 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     try:
         masks = pipeline.train_mask_generator(config.data)
         if not masks.needs_labels:
-            masks(np.random.default_rng(0), config.data.crop_size, config.data.crop_size)
+            _warn_of_fully_masked_crops(config, masks, config.batch_size // num_devices)
     except (KeyError, TypeError, ValueError) as e:
         raise TrainingError(f"config.data.mask = {config.data.mask!r} with crop_size = {config.data.crop_size}: "
                             f"{e}") from None
@@ -121,6 +121,31 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     except ValueError as err:
         raise TrainingError(str(err)) from None
     _profile_window(config)
+
+
+_MASK_SAMPLES = 1000  # about 0.1 s of mask drawing at 256 px
+
+
+def _warn_of_fully_masked_crops(config: ml_collections.ConfigDict, masks, per_device_batch: int) -> None:
+    """Warns when the training masks can hide a whole crop, e.g. masks sized for larger crops.
+
+    A crop with no visible pixel alone in its BatchNorm group has zero variance in the encoder's
+    channels, and BatchNorm's backward then scales the gradient by 1/sqrt(eps) per layer: the
+    generator's gradient norm overflows to inf and the run stops at a non-finite loss.
+    """
+    rng = np.random.default_rng(0)
+    size = config.data.crop_size
+    covered = sum(bool(np.all(masks(rng, size, size) > 0.5)) for _ in range(_MASK_SAMPLES))
+    if not covered:
+        return
+    group = per_device_batch if config.train.batch_norm == "per_device" else config.batch_size
+    alone = group == 1
+    logging.warning(
+        "config.data.mask = %r with crop_size = %d covers the whole crop in %d of %d sampled masks%s; "
+        "size the masks to the crop with config.data.mask_overrides", config.data.mask, size, covered,
+        _MASK_SAMPLES,
+        " and each device's BatchNorm sees one crop: such a crop makes the generator's gradient "
+        "non-finite and stops the run" if alone else "")
 
 
 def _profile_window(config: ml_collections.ConfigDict) -> Optional[tuple]:

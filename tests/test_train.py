@@ -32,9 +32,17 @@ LOGGED_KEYS = set(LOSS_TERMS) | {
     "steps_per_s", "img_per_s", "data_wait_s", "skipped_files"}
 
 # Tiny on synthetic 32-pixel crops, one image per device: the smallest run that exercises every part.
+# The tiny config's masks are sized for 64-px crops and cover a whole 32-px crop once in 9; alone in its
+# BatchNorm group (one crop per device here) such a crop makes the generator's gradient non-finite
+# (train._warn_of_fully_masked_crops says why), so a run would stop or not by luck. These never do.
+MASKS_FOR_32_PX = {"data.mask_overrides.irregular_kwargs.max_len": 25,
+                   "data.mask_overrides.irregular_kwargs.max_width": 6,
+                   "data.mask_overrides.box_kwargs.margin": 2,
+                   "data.mask_overrides.box_kwargs.bbox_min_size": 4,
+                   "data.mask_overrides.box_kwargs.bbox_max_size": 19}
 SMALL_OVERRIDES = {"batch_size": 8, "log_every_steps": 1, "eval_every_steps": 1000, "checkpoint_every_steps": 10,
                    "data.source": "synthetic", "data.crop_size": 32, "data.eval_size": 64,
-                   "eval.batch_size": 8, "eval.num_image_grids": 2}
+                   "eval.batch_size": 8, "eval.num_image_grids": 2, **MASKS_FOR_32_PX}
 
 
 def small_config(**overrides):
@@ -327,6 +335,29 @@ def test_config_mistakes_stop_the_run_before_any_work(tmp_path, overrides, messa
     with pytest.raises(train.TrainingError, match=message):
         train.train_and_evaluate(small_config(**overrides), str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_masks_that_can_hide_a_whole_crop_are_warned_of_at_start_up(caplog):
+    tiny_masks = {key: tiny.get_config().data.mask_overrides[key.split(".")[2]][key.split(".")[3]]
+                  for key in MASKS_FOR_32_PX}  # the tiny config's own, sized for 64-px crops
+    with caplog.at_level("WARNING"):
+        train._check_config(small_config(**tiny_masks), num_devices=8)
+    (warning,) = [r.getMessage() for r in caplog.records if "covers the whole crop" in r.getMessage()]
+    assert "config.data.mask = 'train_mixed' with crop_size = 32" in warning
+    covered = int(re.search(r"in (\d+) of 1000 sampled masks", warning).group(1))
+    assert 50 < covered < 200  # about one in 9
+    assert "each device's BatchNorm sees one crop" in warning  # batch 8 on 8 devices
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        train._check_config(small_config(**tiny_masks, batch_size=16), num_devices=8)
+    (warning,) = [r.getMessage() for r in caplog.records if "covers the whole crop" in r.getMessage()]
+    assert "BatchNorm" not in warning  # two crops per BatchNorm group keep a variance
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        train._check_config(small_config(), num_devices=8)  # the tests' masks for 32-px crops
+    assert not [r for r in caplog.records if "covers the whole crop" in r.getMessage()]
 
 
 def test_configs_spell_out_every_data_field_and_launch_command():
