@@ -428,13 +428,15 @@ class Worker:
         try:
             next(iterator)  # warm caches on this core
             start, start_cpu = time.perf_counter(), time.process_time()
-            for _ in range(max(1, samples // batch_size)):
-                next(iterator)
+            produced = 0
+            while produced < samples:
+                # Counted, not assumed: an epoch of fewer images than batch_size ends in a short batch.
+                produced += len(next(iterator)["image"])
             seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
         finally:
             os.sched_setaffinity(0, cores)
             torch.set_num_threads(threads)
-        return {"seconds": seconds, "cpu_seconds": cpu, "samples": max(1, samples // batch_size) * batch_size}
+        return {"seconds": seconds, "cpu_seconds": cpu, "samples": produced}
 
 
 def _forever(loader):

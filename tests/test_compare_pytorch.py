@@ -275,3 +275,16 @@ def test_no_ratio_from_runs_on_different_machines(capsys):
     assert refused in out and "2.00x" not in out and out.count(" -\n") == 2
     compare.add_speedups(figures, None)
     assert figures["eval_256"]["speedup"] == 2.0 and figures["loader"]["speedup"] == 2.0
+
+
+def test_the_upstream_loader_counts_the_samples_it_produced(stand_in, tmp_path):
+    """Three JPEGs and batches of 16: each epoch is one short batch of 3, and 3 is what is counted."""
+    import cv2
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.jpg"), np.full((40, 40, 3), 40 * i, np.uint8))
+    worker = compare.upstream_lama.Worker(stand_in[0], threads=1)
+    reply = worker.op_loader(str(tmp_path), samples=7, batch_size=16, core=min(compare.os.sched_getaffinity(0)),
+                             out_size=32, mask_kwargs={})
+    assert reply["samples"] == 9  # three short batches reach 7; a batch_size count would say 16
+    assert reply["seconds"] > 0
