@@ -22,9 +22,17 @@ is faster), medians over `--repeats` after one warm-up call:
 * loader: training samples per second on one core (JPEG decode, `distortions`,
   crop, LaMa's training masks, batching) on the same JPEGs, upstream's train
   dataloader vs lama_jax.data.pipeline; `speedup` is lama_jax's rate / upstream's;
+* conv3x3_fwd / conv3x3_fwd_bwd: one 3x3 convolution, `--conv-shape` H W C (C -> C
+  channels, batch 1; default 64 64 512), forward and forward + backward (input
+  and kernel gradients) with each side's GFLOP/s: what bounds the generator's
+  training speed on the machine (lama_jax: the convolution its layers use);
 * compile_s: lama_jax's compile time per program (torch runs eagerly; its first
   call is in first_call_s beside lama_jax's);
-* parity: max |Δ| of the inpainted eval output, and both sides' first-step losses.
+* parity: max |Δ| of the inpainted eval output; both sides' first-step losses and
+  gradient norms, beside upstream's own first step on another thread count (its
+  numbers summed in another order: what rounding alone moves); and how alike the
+  two sides' first weight updates are (Adam's first step is about lr * sign(g),
+  so a weight whose gradient is near rounding level moves by up to 2 lr apart).
 
 Ratios are printed only when both processes ran on the same machine (hostname,
 CPU model and boot id agree). The CPU model, thread settings, XLA_FLAGS and the
@@ -47,7 +55,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import upstream_lama  # noqa: E402  (the benchmark scripts' folder, whatever the working directory)
 
-PARTS = ("eval", "fwd_bwd", "train_step", "loader")
+PARTS = ("eval", "fwd_bwd", "train_step", "loader", "conv")
 # Upstream's training masks for 256 crops (its data config abl-04-256-mh-dist `mask_gen_kwargs`).
 UPSTREAM_TRAIN_MASKS = {
     "irregular_proba": 1, "irregular_kwargs": dict(max_angle=4, max_len=200, max_width=100, max_times=5,
@@ -148,6 +156,8 @@ def parse_args(argv):
     parser.add_argument("--skip", nargs="*", default=[], choices=[*PARTS, "fused"], help="parts not to run")
     parser.add_argument("--images", default=None, help="JPEG folder for the loader (default: built-in samples)")
     parser.add_argument("--loader-samples", type=int, default=96, help="samples per timed loader run")
+    parser.add_argument("--conv-shape", type=int, nargs=3, default=[64, 64, 512], metavar=("H", "W", "C"),
+                        help="input of the conv part: H x W x C, C -> C channels, 3x3, batch 1")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     return parser.parse_args(argv)
 
@@ -199,17 +209,23 @@ def run(args) -> dict:
             tmp = pathlib.Path(tmp)
             weights_path = tmp / "weights.npz"
             torch_side("setup", config=dataclasses.asdict(up_config), seed=args.seed, weights=str(weights_path))
-            with np.load(weights_path) as data:
-                states = {}
-                for key in data.files:
-                    network, name = key.split("/", 1)
-                    states.setdefault(network, {})[name] = data[key]
             model = config.model.to_dict()
-            variables = {"generator": convert.convert_generator(states["generator"], model["generator"]),
-                         "discriminator": convert.convert_discriminator(states["discriminator"],
-                                                                        model["discriminator"])}
-            if "resnet_pl" in states:
-                variables["resnet_pl"] = convert.convert_resnet50_dilated(states["resnet_pl"])
+
+            def torch_variables(path):
+                """The torch side's networks as lama_jax variables."""
+                with np.load(path) as data:
+                    states = {}
+                    for key in data.files:
+                        network, name = key.split("/", 1)
+                        states.setdefault(network, {})[name] = data[key]
+                converted = {"generator": convert.convert_generator(states["generator"], model["generator"]),
+                             "discriminator": convert.convert_discriminator(states["discriminator"],
+                                                                            model["discriminator"])}
+                if "resnet_pl" in states:
+                    converted["resnet_pl"] = convert.convert_resnet50_dilated(states["resnet_pl"])
+                return converted
+
+            variables = torch_variables(weights_path)
 
             def batch_file(size):
                 path = tmp / f"batch_{size}.npz"
@@ -284,8 +300,19 @@ def run(args) -> dict:
 
                     result["first_call_s"][f"train_step_{mode}"] = jax_step()
                     if mode == "reference":
-                        result["parity"]["first_step_losses"] = first_step_losses(holder["metrics"],
-                                                                                  first_torch["losses"])
+                        # Upstream's own first step on another thread count adds its numbers in another
+                        # order: how far two correct implementations' first steps can lie apart.
+                        other_threads = 1 if threads > 1 else 2
+                        rounding = torch_side("first_step_with_threads", batch=batch_path, threads=other_threads)
+                        result["parity"]["first_step_losses"] = first_step_losses(
+                            holder["metrics"], first_torch["losses"], rounding["losses"], other_threads)
+                        torch_side("weights", path=str(tmp / "after_step.npz"))
+                        after = torch_variables(tmp / "after_step.npz")
+                        lr = {"generator": config.optim.generator_lr, "discriminator": config.optim.discriminator_lr}
+                        result["parity"]["first_step_updates"] = {
+                            net: update_agreement(variables[net]["params"], holder["state"][net]["params"],
+                                                  after[net]["params"], lr[net])
+                            for net in ("generator", "discriminator")}
                     jax_times = []
                     for _ in range(args.repeats):
                         jax_times.append(jax_step())
@@ -299,6 +326,9 @@ def run(args) -> dict:
 
             if "loader" not in args.skip:
                 figures["loader"] = loader_rates(torch_side, args, config, tmp)
+
+            if "conv" not in args.skip:
+                figures.update(conv_figures(torch_side, args, result["compile_s"]))
     finally:
         torch_side.close()
     add_speedups(figures, refused)
@@ -306,15 +336,77 @@ def run(args) -> dict:
     return result
 
 
-def first_step_losses(jax_metrics: dict, torch_losses: dict) -> dict:
-    """Both sides' losses of the first iteration, under lama_jax's names (upstream's in the comments)."""
+def conv_figures(torch_side, args, compile_s: dict) -> dict:
+    """conv3x3_fwd and conv3x3_fwd_bwd: seconds and GFLOP/s of each side, same input and kernel."""
+    import jax
+    import jax.numpy as jnp
+
+    from lama_jax.models import layers
+
+    height, width, channels = args.conv_shape
+    rng = np.random.default_rng(args.seed)
+    x = jnp.asarray(rng.standard_normal((1, height, width, channels), dtype=np.float32))
+    kernel = jnp.asarray(rng.standard_normal((3, 3, channels, channels), dtype=np.float32) / (3 * channels ** 0.5))
+
+    def forward(x, kernel):
+        return layers.conv2d(x, kernel, 1, ((1, 1), (1, 1)))
+
+    def forward_backward(x, kernel):
+        y, pullback = jax.vjp(forward, x, kernel)
+        return pullback(y)  # the output as its own cotangent: both gradients, no extra reduction
+
+    forward_flops = 2 * height * width * channels * channels * 9
+    figures = {}
+    for name, fn, flops in (("conv3x3_fwd", forward, forward_flops),
+                            ("conv3x3_fwd_bwd", forward_backward, 3 * forward_flops)):
+        start = time.perf_counter()
+        compiled = jax.jit(fn).lower(x, kernel).compile()
+        compile_s[name] = round(time.perf_counter() - start, 2)
+        mode = name.removeprefix("conv3x3_")
+        _, jax_s, torch_s = interleaved(
+            lambda: timed(compiled, x, kernel),
+            lambda: torch_side("conv", mode=mode, height=height, width=width, channels=channels,
+                               seed=args.seed)["seconds"], args.repeats)
+        figures[name] = {"lama_jax_s": jax_s, "torch_s": torch_s,
+                         "lama_jax_gflop_per_s": float(f"{flops / jax_s / 1e9:.4g}"),
+                         "torch_gflop_per_s": float(f"{flops / torch_s / 1e9:.4g}")}
+    return figures
+
+
+def update_agreement(initial, ours, theirs, lr: float) -> dict:
+    """How alike both sides' first weight updates are, in units of the learning rate.
+
+    Adam's first step is lr * g / (|g| + eps): about lr * sign(g) for every weight, so a weight whose
+    gradient both sides round to opposite signs (or to sizes near eps) moves differently by up to 2 lr.
+    """
+    if lr <= 0:
+        return {"lr": lr}
+    import jax
+
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(initial)]
+    diffs = [np.abs((np.asarray(a) - np.asarray(i)) - (np.asarray(b) - np.asarray(i))).ravel() / lr
+             for i, a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(ours), jax.tree.leaves(theirs))]
+    flipped = {path: int(np.sum(d > 1.0)) for path, d in zip(paths, diffs)}
+    every = np.concatenate(diffs)
+    return {"lr": lr, "weights": int(every.size), "max_diff_in_lr": float(every.max()),
+            "share_differing_by_over_0.1_lr": float(np.mean(every > 0.1)),
+            "share_differing_by_over_1_lr": float(np.mean(every > 1.0)),
+            "most_differing_over_1_lr": {path: [count, int(d.size)] for path, count, d in sorted(
+                zip(paths, flipped.values(), diffs), key=lambda item: -item[1])[:6] if count}}
+
+
+def first_step_losses(jax_metrics: dict, torch_losses: dict, torch_other_threads: dict, other_threads: int) -> dict:
+    """Both sides' losses of the first iteration, under lama_jax's names (upstream's in the comments),
+    with upstream's own on `other_threads` threads beside them."""
     pairs = {
         "gen_l1": "gen_l1", "gen_adv": "gen_adv", "gen_fm": "gen_fm", "gen_resnet_pl": "gen_resnet_pl",
         "gen_total": "gen_total",
         "discr_total": "discr_total",  # upstream discr_adv: real + fake + R1 terms
         "discr_real_out": "adv_discr_real_out", "discr_fake_out": "adv_discr_fake_out",
+        "generator_grad_norm": "generator_grad_norm", "discriminator_grad_norm": "discriminator_grad_norm",
     }
-    return {name: {"lama_jax": float(jax_metrics[name]), "torch": torch_losses.get(upstream)}
+    return {name: {"lama_jax": float(jax_metrics[name]), "torch": torch_losses.get(upstream),
+                   f"torch_{other_threads}_thread{'s' if other_threads > 1 else ''}": torch_other_threads.get(upstream)}
             for name, upstream in pairs.items() if name in jax_metrics}
 
 

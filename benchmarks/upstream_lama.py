@@ -289,10 +289,12 @@ def torch_training(lama_root, *, seed: int = 0, device: str = "cpu",
             result = module._do_step(tensors, 1, mode="train", optimizer_idx=index)
             result["loss"].backward()
             other.requires_grad_(True)
-            torch.nn.utils.clip_grad_norm_(network.parameters(), config.clip_norm)
+            norm = torch.nn.utils.clip_grad_norm_(network.parameters(), config.clip_norm)  # before clipping
             optimizer.step()
             optimizer.zero_grad()
             losses.update({k.removeprefix("train_"): float(v.detach()) for k, v in result["log_info"].items()})
+            name = ("generator", "discriminator")[index]
+            losses[f"{name}_grad_norm"] = float(norm)
             losses["gen_total" if index == 0 else "discr_total"] = float(result["loss"].detach())
         return losses
 
@@ -346,6 +348,7 @@ class Worker:
         torch.set_num_threads(threads)
         self.arrays: Dict[str, Dict[str, Any]] = {}
         self.loaders: Dict[str, Any] = {}
+        self.conv_inputs: Dict[tuple, Any] = {}
 
     def _batch(self, path: str, layout: str = "nchw"):
         import numpy as np
@@ -372,13 +375,20 @@ class Worker:
 
         start = time.perf_counter()
         self.config = UpstreamConfig(**config)
+        self.seed = seed
         self.training = torch_training(self.lama_root, seed=seed, config=self.config)
         self.eval_generator = copy.deepcopy(self.training.module.generator).eval()
         self.bench_generator = copy.deepcopy(self.training.module.generator).train()
-        arrays = {f"{net}/{key}": value for net, state in self.training.state_dicts().items()
-                  for key, value in state.items()}
-        np.savez(weights, **arrays)
+        self.op_weights(weights)
         return {"setup_s": time.perf_counter() - start}
+
+    def op_weights(self, path):
+        """Writes the training networks' current state dicts to the .npz `path`."""
+        import numpy as np
+
+        np.savez(path, **{f"{net}/{key}": value for net, state in self.training.state_dicts().items()
+                          for key, value in state.items()})
+        return {}
 
     def op_eval(self, batch, output=None):
         import numpy as np
@@ -402,11 +412,48 @@ class Worker:
         self.bench_generator.zero_grad(set_to_none=True)
         return {"seconds": seconds}
 
+    def op_first_step_with_threads(self, batch, threads):
+        """The first iteration's losses of a fresh copy of the training setup, run on `threads` threads:
+        upstream against itself with another summation order, the floor for any parity comparison."""
+        import torch
+
+        arrays = self._batch(batch, layout="nhwc")
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            losses = torch_training(self.lama_root, seed=self.seed, config=self.config).step(arrays)
+        finally:
+            torch.set_num_threads(before)
+        return {"losses": losses}
+
     def op_train_step(self, batch):
         arrays = self._batch(batch, layout="nhwc")
         start = time.perf_counter()
         losses = self.training.step(arrays)
         return {"seconds": time.perf_counter() - start, "losses": losses}
+
+    def op_conv(self, mode, height, width, channels, seed):
+        """Seconds of one 3x3 conv (C -> C, zero padding 1, batch 1): "fwd", or "fwd_bwd" with both
+        gradients; the same input and kernel as compare_pytorch's lama_jax side."""
+        import numpy as np
+        import torch
+
+        key = (height, width, channels, seed)
+        if key not in self.conv_inputs:
+            rng = np.random.default_rng(seed)
+            x = rng.standard_normal((1, height, width, channels), dtype=np.float32)
+            kernel = rng.standard_normal((3, 3, channels, channels), dtype=np.float32) / (3 * channels ** 0.5)
+            self.conv_inputs[key] = (torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
+                                     torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))  # HWIO -> OIHW
+        x, kernel = (t.detach().requires_grad_(mode == "fwd_bwd") for t in self.conv_inputs[key])
+        start = time.perf_counter()
+        if mode == "fwd":
+            with torch.no_grad():
+                torch.nn.functional.conv2d(x, kernel, padding=1)
+        else:
+            y = torch.nn.functional.conv2d(x, kernel, padding=1)
+            torch.autograd.grad(y, (x, kernel), grad_outputs=y.detach())
+        return {"seconds": time.perf_counter() - start}
 
     def op_loader(self, images, samples, batch_size, core, out_size, mask_kwargs):
         """`samples` training samples through upstream's train dataloader (no workers) on one core."""

@@ -217,17 +217,19 @@ def test_compares_both_sides_on_one_machine(stand_in, capsys):
     root, config = stand_in
     status = compare.main(["--lama-root", str(root), "--lama-commit", "0123abc", "--config", str(config),
                            "--sizes", "32", "--train-size", "32", "--repeats", "1", "--skip", "fwd_bwd", "fused",
-                           "--loader-samples", "16", "--json"])
+                           "--loader-samples", "16", "--conv-shape", "16", "16", "16", "--json"])
     assert status == 0
     result = json.loads(capsys.readouterr().out)
     assert result["same_machine"] and "ratios_refused" not in result
     assert result["lama_commit"] == "0123abc"
     assert result["machine"]["cpu"] == result["torch_machine"]["cpu"]
     assert len(result["load_average_before"]) == len(result["load_average_after"]) == 3
-    assert set(result["figures"]) == {"eval_32", "train_step_reference", "loader"}
+    assert set(result["figures"]) == {"eval_32", "train_step_reference", "loader", "conv3x3_fwd", "conv3x3_fwd_bwd"}
     for figure in result["figures"].values():
         assert figure["speedup"] > 0
-    assert set(result["compile_s"]) == {"eval_32", "train_step_reference"}
+    for name in ("conv3x3_fwd", "conv3x3_fwd_bwd"):
+        assert result["figures"][name]["lama_jax_gflop_per_s"] > 0 and result["figures"][name]["torch_gflop_per_s"] > 0
+    assert set(result["compile_s"]) == {"eval_32", "train_step_reference", "conv3x3_fwd", "conv3x3_fwd_bwd"}
     # The upstream side built its networks from the lama_jax config's model section.
     kwargs = json.loads((root / "saicinpainting/training/modules/generator_kwargs.json").read_text())
     assert (kwargs["ngf"], kwargs["n_downsampling"], kwargs["n_blocks"]) == (8, 2, 1)
@@ -236,6 +238,14 @@ def test_compares_both_sides_on_one_machine(stand_in, capsys):
     losses = result["parity"]["first_step_losses"]
     assert all(math.isfinite(losses[name]["torch"]) for name in ("gen_l1", "gen_adv", "gen_total", "discr_total"))
     assert losses["gen_resnet_pl"]["torch"] is None  # a term the stand-in does not report
+    # Upstream's own first step on another thread count, beside: the stand-in's tiny step is the same.
+    other = "torch_1_thread" if result["threads"]["torch"] > 1 else "torch_2_threads"
+    assert losses["gen_l1"][other] == pytest.approx(losses["gen_l1"]["torch"], rel=1e-5)
+    updates = result["parity"]["first_step_updates"]
+    assert set(updates) == {"generator", "discriminator"}
+    params = convert.abstract_variables(build_generator(GENERATOR), (1, 32, 32, 4))["params"]
+    assert updates["generator"]["weights"] == sum(leaf.size for leaf in jax.tree.leaves(params))
+    assert 0 <= updates["generator"]["share_differing_by_over_1_lr"] <= 1
 
 
 def test_missing_checkout_is_one_clear_error(tmp_path, capsys):
