@@ -10,7 +10,9 @@ compiled on a data-parallel mesh over all of the topology's devices, from abstra
 is allocated and nothing runs. The report: per-device memory from the compiler (arguments,
 outputs, temporaries, aliased buffers, total) against the chip's capacity, FLOPs per device per
 step, the compiler's own step-time estimate where the backend gives one (`optimal_seconds` on TPU)
-and the images/s it implies, and every collective of the compiled program with counts and bytes.
+and the images/s it implies, on TPU the roofline bound of the program's FLOPs and HBM bytes against
+the chip's peaks (libtpu gives no estimate for programs as large as the big-lama step), and every
+collective of the compiled program with counts and bytes.
 
 `lama_jax.train` logs the same report for the step it compiles (`describe_compiled`).
 """
@@ -42,6 +44,17 @@ CHIP_MEMORY_GIB = (
     ("NVIDIA H100", 80),
     ("NVIDIA H200", 141),
 )
+# Peak bf16 matrix TFLOP/s and HBM GB/s per TPU chip (Cloud TPU's system-architecture pages). XLA
+# TPU runs float32 convolutions at the default precision as bf16 passes, so one peak serves both.
+TPU_PEAKS = (
+    ("TPU v4", 275.0, 1200.0),
+    ("TPU v5 lite", 197.0, 819.0),  # v5e
+    ("TPU v5e", 197.0, 819.0),
+    ("TPU v5p", 459.0, 2765.0),
+    ("TPU v5", 459.0, 2765.0),  # v5p
+    ("TPU v6 lite", 918.0, 1640.0),  # v6e
+    ("TPU v6e", 918.0, 1640.0),
+)
 TOPOLOGY_EXAMPLES = "v5e:2x2, v4:2x2x1, v5p:2x2x1, v6e:2x2 or local"
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
@@ -50,6 +63,16 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16
 
 class AotError(ValueError):
     """A topology or request that cannot be compiled; the message says what would work."""
+
+
+def roofline_step_s(device_kind: str, flops: Optional[float], bytes_accessed: Optional[float]):
+    """(seconds, "compute" or "memory") no chip of this kind can beat for a program of `flops` FLOPs
+    moving `bytes_accessed` bytes of HBM, or (None, None) for a chip not in TPU_PEAKS."""
+    for prefix, tflops, gb_per_s in TPU_PEAKS:
+        if device_kind.startswith(prefix) and flops and bytes_accessed:
+            compute, memory = flops / (tflops * 1e12), bytes_accessed / (gb_per_s * 1e9)
+            return max(compute, memory), "compute" if compute >= memory else "memory"
+    return None, None
 
 
 def chip_memory_bytes(device_kind: str) -> Optional[int]:
@@ -126,6 +149,12 @@ def describe_compiled(compiled, *, device_kind: str, batch_per_step: int) -> Dic
     seconds = cost.get("optimal_seconds")
     report["estimated_step_s"] = float(seconds) if seconds and seconds > 0 else None
     report["estimated_img_per_s"] = (batch_per_step / seconds) if report["estimated_step_s"] else None
+    # libtpu gives no optimal_seconds for large programs (the big-lama step among them): the roofline
+    # of its FLOPs and HBM bytes is then the estimate there is, a bound that real steps stay above.
+    report["bytes_accessed"] = float(cost["bytes accessed"]) if "bytes accessed" in cost else None
+    roofline, bound = roofline_step_s(device_kind, report["flops"], report["bytes_accessed"])
+    report["roofline_step_s"], report["roofline_bound"] = roofline, bound
+    report["roofline_img_per_s"] = batch_per_step / roofline if roofline else None
     report["collectives"] = collectives(compiled.as_text())
     return report
 
@@ -206,6 +235,9 @@ def format_program_report(r: Dict[str, Any]) -> str:
     if r.get("estimated_step_s"):
         parts.append(f"compiler's step estimate {r['estimated_step_s'] * 1e3:.1f} ms = "
                      f"{r['estimated_img_per_s']:.1f} img/s")
+    if r.get("roofline_step_s"):
+        parts.append(f"roofline ({r['roofline_bound']}-bound) {r['roofline_step_s'] * 1e3:.1f} ms = at most "
+                     f"{r['roofline_img_per_s']:.1f} img/s")
     shown = ", ".join(f"{op} x{c['count']} ({c['bytes'] / 2**20:.1f} MiB)" for op, c in r["collectives"].items())
     parts.append(f"collectives: {shown or 'none'}")
     return "; ".join(parts)

@@ -63,6 +63,7 @@ def test_local_topology_on_eight_cpu_devices():
     report = aot.compile_report(small_config(), devices, per_device_batch=1, size=32)
     check_data_parallel_report(report, devices=8)
     assert report["train_step"]["memory_capacity_bytes"] is None and report["train_step"]["fits"] is None
+    assert report["train_step"]["roofline_step_s"] is None  # no peaks known for a CPU
     assert report["train_step"]["memory_bytes"]["aliases"] > 0  # the donated state
     text = aot.format_report(report)
     assert "8 x cpu" in text and "capacity unknown" in text and "all-reduce x" in text
@@ -83,6 +84,17 @@ def test_tpu_topology_generator_forward():
     r = report["predict"]
     assert r["memory_capacity_bytes"] == 16 * aot.GIB and r["fits"] is True
     assert r["estimated_step_s"] > 0 and r["estimated_img_per_s"] > 0
+    assert r["bytes_accessed"] > 0 and r["roofline_bound"] in ("compute", "memory")
+    assert r["roofline_img_per_s"] == pytest.approx(4 / r["roofline_step_s"])
+    assert "roofline (" in aot.format_program_report(r)
+
+
+def test_roofline_of_known_chips_only():
+    # One second of v5e compute (197 TFLOP) moving half a second of its HBM (819 GB/s).
+    assert aot.roofline_step_s("TPU v5 lite", 197e12, 819e9 / 2) == (pytest.approx(1.0), "compute")
+    assert aot.roofline_step_s("TPU v4", 275e12 / 4, 1200e9) == (pytest.approx(1.0), "memory")
+    assert aot.roofline_step_s("cpu", 1e12, 1e9) == (None, None)
+    assert aot.roofline_step_s("TPU v5 lite", None, 1e9) == (None, None)
 
 
 @pytest.mark.slow
