@@ -106,23 +106,87 @@ def topology_devices(topology: str) -> List[Any]:
         raise AotError(f"unknown topology {topology!r} ({first_line[:160]}): use e.g. {TOPOLOGY_EXAMPLES}") from None
 
 
+_COMPUTATION_HEADER = re.compile(r"^(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\s.*\{\s*$")
+_WHILE = re.compile(r"\swhile\(.*\bcondition=%?(?P<condition>[\w.\-]+), body=%?(?P<body>[\w.\-]+)")
+_TRIP_COUNT = re.compile(r'known_trip_count[^0-9]*(?P<n>\d+)')
+
+
+def _computations(hlo_text: str) -> Dict[str, List[str]]:
+    """{computation name: its instruction lines}; lines outside any computation go under ""."""
+    computations: Dict[str, List[str]] = {"": []}
+    current = ""
+    for line in hlo_text.splitlines():
+        header = _COMPUTATION_HEADER.match(line)
+        if header:
+            current = header["name"]
+            computations[current] = []
+        elif line.startswith("}"):
+            current = ""
+        else:
+            computations[current].append(line)
+    return computations
+
+
+def _trip_count(while_line: str, condition: List[str]) -> Optional[int]:
+    """Iterations of a while loop: XLA's known_trip_count, else the one integer constant its
+    condition compares the counter with (`lax.scan` and `fori_loop` loops); None if neither."""
+    known = _TRIP_COUNT.search(while_line)
+    if known:
+        return int(known["n"])
+    constants = {int(c) for line in condition for c in re.findall(r"\bconstant\((\d+)\)", line)}
+    if len(constants) == 1 and any("compare(" in line and "direction=LT" in line for line in condition):
+        return constants.pop()
+    return None
+
+
 def collectives(hlo_text: str) -> Dict[str, Dict[str, int]]:
-    """{op: {"count", "bytes"}} of the collectives in optimised HLO text (async pairs counted once)."""
+    """{op: {"count", "executions", "bytes"}} of the collectives in optimised HLO text, per step.
+
+    `count` is the number of collective instructions (async start/done pairs counted once);
+    one inside a while loop runs once per iteration (on TPU the generator's blocks are a loop
+    and each block's gradient is all-reduced inside it), so `executions` and `bytes` (what one
+    device sends into the collectives per step) multiply by the trip count. A loop whose trip
+    count the HLO does not show counts once and is listed in `loops_of_unknown_trip_count`.
+    """
+    computations = _computations(hlo_text)
+    loops: Dict[str, tuple] = {}  # body -> (computation holding the while, iterations or None)
+    for name, lines in computations.items():
+        for line in lines:
+            match = _WHILE.search(line)
+            if match:
+                loops[match["body"]] = (name, _trip_count(line, computations.get(match["condition"], [])))
+
+    unknown = set()
+
+    def runs(name: str, depth: int = 0) -> int:
+        if name not in loops or depth > 32:
+            return 1
+        parent, iterations = loops[name]
+        if iterations is None:
+            unknown.add(name)
+        return (iterations or 1) * runs(parent, depth + 1)
+
     found: Dict[str, Dict[str, int]] = {}
     # The result shape is one array (`f32[8,128]{1,0:T(8,128)}`) or a tuple of them, as the
     # collective combiners make; layouts may hold one level of parentheses.
     shape = r"\((?:[^()]|\([^()]*\))*\)|\S+"
     pattern = re.compile(r"=\s*(?P<shape>" + shape + r")\s+(?P<op>" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
-    for line in hlo_text.splitlines():
-        match = pattern.search(line)
-        if not match:
-            continue
-        shapes = re.findall(r"([a-z]+\d*)\[([\d,]*)\]", match["shape"])
-        size = sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
-                   for dtype, dims in shapes)
-        entry = found.setdefault(match["op"], {"count": 0, "bytes": 0})
-        entry["count"] += 1
-        entry["bytes"] += size
+    for name, lines in computations.items():
+        for line in lines:
+            match = pattern.search(line)
+            if not match:
+                continue
+            shapes = re.findall(r"([a-z]+\d*)\[([\d,]*)\]", match["shape"])
+            size = sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
+                       for dtype, dims in shapes)
+            executions = runs(name)
+            entry = found.setdefault(match["op"], {"count": 0, "executions": 0, "bytes": 0})
+            entry["count"] += 1
+            entry["executions"] += executions
+            entry["bytes"] += size * executions
+    if unknown:
+        for entry in found.values():
+            entry["loops_of_unknown_trip_count"] = sorted(unknown)
     return found
 
 
@@ -238,7 +302,8 @@ def format_program_report(r: Dict[str, Any]) -> str:
     if r.get("roofline_step_s"):
         parts.append(f"roofline ({r['roofline_bound']}-bound) {r['roofline_step_s'] * 1e3:.1f} ms = at most "
                      f"{r['roofline_img_per_s']:.1f} img/s")
-    shown = ", ".join(f"{op} x{c['count']} ({c['bytes'] / 2**20:.1f} MiB)" for op, c in r["collectives"].items())
+    shown = ", ".join(f"{op} x{c['count']}" + (f" run {c['executions']} times" if c["executions"] != c["count"] else "")
+                      + f" ({c['bytes'] / 2**20:.1f} MiB per step)" for op, c in r["collectives"].items())
     parts.append(f"collectives: {shown or 'none'}")
     return "; ".join(parts)
 

@@ -21,9 +21,41 @@ HLO = """
 
 def test_collectives_are_counted_once_with_their_bytes():
     assert aot.collectives(HLO) == {
-        "all-reduce": {"count": 3, "bytes": 3 * 3 * 16 * 32 * 4 + 8 * 4 + 8 * 2 + 9 * 4 + 2 * 4},
-        "all-gather": {"count": 1, "bytes": 16 * 4 * 4},
+        "all-reduce": {"count": 3, "executions": 3, "bytes": 3 * 3 * 16 * 32 * 4 + 8 * 4 + 8 * 2 + 9 * 4 + 2 * 4},
+        "all-gather": {"count": 1, "executions": 1, "bytes": 16 * 4 * 4},
     }
+
+
+# A scan's backward as XLA TPU prints it: the block gradient is all-reduced inside the loop body.
+LOOP_HLO = """
+%body.1 (p: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
+  %all-reduce.2 = f32[1,8,8]{2,1,0:T(8,128)S(1)} all-reduce(%fusion.2), channel_id=1, to_apply=%add
+}
+%condition.1 (p: (s32[], f32[4,8])) -> pred[] {
+  %constant.3 = s32[] constant(18)
+  ROOT %compare.1 = pred[] compare(%gte, %constant.3), direction=LT
+}
+%inner_body (p: (s32[])) -> (s32[]) {
+  %all-gather.1 = f32[2]{0} all-gather(%y), dimensions={0}
+}
+%inner_condition (p: (s32[])) -> pred[] {
+  %c = s32[] get-tuple-element(%p), index=0
+  %d = s32[] parameter(1)
+  ROOT %lt = pred[] compare(%c, %d), direction=LT
+}
+ENTRY %main.5_spmd (param.5: f32[18,8,8]) -> f32[18,8,8] {
+  %while.1 = (s32[], f32[4,8]) while(%tuple.1), condition=%condition.1, body=%body.1, metadata={op_name="w"}
+  %while.2 = (s32[]) while(%tuple.2), condition=%inner_condition, body=%inner_body
+  %all-reduce.9 = f32[16]{0} all-reduce(%z), channel_id=2
+}
+"""
+
+
+def test_collectives_in_loops_count_once_per_iteration():
+    found = aot.collectives(LOOP_HLO)
+    assert found["all-reduce"] == {"count": 2, "executions": 19, "bytes": 18 * 8 * 8 * 4 + 16 * 4,
+                                   "loops_of_unknown_trip_count": ["inner_body"]}
+    assert found["all-gather"]["count"] == found["all-gather"]["executions"] == 1  # trip count not in the HLO
 
 
 def test_chip_memory_table():
