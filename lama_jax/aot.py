@@ -97,7 +97,13 @@ def topology_devices(topology: str) -> List[Any]:
     from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
     try:
-        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+        devices = list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+        if any(getattr(d, "core_on_chip", 0) for d in devices):
+            # Two TensorCores per chip (v4): TPU VMs run them as one "megacore" device, and JAX's
+            # meshes over such chips take one device per chip.
+            devices = list(topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                                        chip_config_name="megacore").devices)
+        return devices
     except Exception as e:  # libtpu's own message for a malformed or unsupported name is long
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "lockfile" in first_line:  # another process holds libtpu (only one may, by default)

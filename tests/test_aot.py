@@ -121,6 +121,12 @@ def test_tpu_topology_generator_forward():
     assert "roofline (" in aot.format_program_report(r)
 
 
+def test_v4_topology_is_one_megacore_device_per_chip():
+    devices = aot.topology_devices("v4:2x2x1")
+    assert [(d.device_kind, d.core_on_chip) for d in devices] == [("TPU v4", 0)] * 4
+    assert aot.chip_memory_bytes(devices[0].device_kind) == 32 * aot.GIB
+
+
 def test_roofline_of_known_chips_only():
     # One second of v5e compute (197 TFLOP) moving half a second of its HBM (819 GB/s).
     assert aot.roofline_step_s("TPU v5 lite", 197e12, 819e9 / 2) == (pytest.approx(1.0), "compute")
