@@ -206,21 +206,45 @@ def bn_cancelled(path: str) -> bool:
         "['up_bn_" in path and path.endswith("['mean']"))
 
 
+# What the step computes on the re-run generator, after G's first Adam step (reference order).
+_AFTER_G_UPDATE = ("discr_fake", "discr_fake_out", "discr_total")
+
+
 @pytest.mark.slow
 def test_sharded_global_bn_step_equals_single_device_step(tiny_state):
+    """Global BN over 8 devices computes the single-device step, up to how rounding moves Adam.
+
+    Everything before an update agrees to float rounding: the G step's losses, D's terms on real
+    images and R1. The two layouts add their numbers in different orders, and this tiny G's gradient
+    is ill-conditioned: its norm differs by 7.8e-4 between them (measured on an AVX-512 host; < 1e-5
+    on AVX2 ones). Adam's first step is about lr * sign(g), so a weight whose gradient the two round to
+    opposite signs moves up to 2 lr apart (a few per cent of the weights). What the D step computes
+    on the updated G (its fake terms, that pass's BN statistics) then moves by up to ~3e-4.
+    """
     batch = tiny_batch()
     single_state, single_metrics = run_step(1, tiny_state, batch, batch_norm="global")
     sharded_state, sharded_metrics = run_step(8, tiny_state, batch, batch_norm="global")
     for name, value in single_metrics.items():
-        np.testing.assert_allclose(sharded_metrics[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+        rounded = name in _AFTER_G_UPDATE or name.endswith("_grad_norm")
+        np.testing.assert_allclose(sharded_metrics[name], value, rtol=2e-3 if rounded else 1e-5, atol=1e-6,
+                                   err_msg=name)
+    optim = tiny_config().optim
+    lr = {"generator": optim.generator_lr, "discriminator": optim.discriminator_lr}
     single, sharded = leaves_with_paths(single_state), leaves_with_paths(sharded_state)
-    compared = 0
+    compared, weights, moved_apart = 0, 0, 0
     for path, value in single.items():
-        if bn_cancelled(path):
+        if bn_cancelled(path) or "opt_state" in path:
             continue
-        np.testing.assert_allclose(sharded[path], value, atol=1e-5, err_msg=path)
+        diff = np.abs(np.asarray(sharded[path], np.float64) - np.asarray(value, np.float64))
+        network = path.split("'")[1]
+        if "['params']" in path:
+            assert diff.max() <= 2 * lr[network] * 1.001 + 1e-6, path  # at most opposite first steps
+            weights, moved_apart = weights + diff.size, moved_apart + int(np.sum(diff > 1e-5))
+        else:
+            np.testing.assert_allclose(sharded[path], value, atol=1e-3, err_msg=path)  # BN statistics, step
         compared += 1
-    assert compared > 0.8 * len(single)
+    assert compared > 0.8 * sum("opt_state" not in path for path in single)
+    assert moved_apart < 0.05 * weights, (moved_apart, weights)
 
 
 @pytest.mark.slow
