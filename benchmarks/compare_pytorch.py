@@ -310,8 +310,7 @@ def run(args) -> dict:
                         after = torch_variables(tmp / "after_step.npz")
                         lr = {"generator": config.optim.generator_lr, "discriminator": config.optim.discriminator_lr}
                         result["parity"]["first_step_updates"] = {
-                            net: update_agreement(variables[net]["params"], holder["state"][net]["params"],
-                                                  after[net]["params"], lr[net])
+                            net: update_agreement(holder["state"][net]["params"], after[net]["params"], lr[net])
                             for net in ("generator", "discriminator")}
                     jax_times = []
                     for _ in range(args.repeats):
@@ -328,7 +327,7 @@ def run(args) -> dict:
                 figures["loader"] = loader_rates(torch_side, args, config, tmp)
 
             if "conv" not in args.skip:
-                figures.update(conv_figures(torch_side, args, result["compile_s"]))
+                figures.update(conv_figures(torch_side, args, result["compile_s"], tmp))
     finally:
         torch_side.close()
     add_speedups(figures, refused)
@@ -336,7 +335,7 @@ def run(args) -> dict:
     return result
 
 
-def conv_figures(torch_side, args, compile_s: dict) -> dict:
+def conv_figures(torch_side, args, compile_s: dict, tmp: pathlib.Path) -> dict:
     """conv3x3_fwd and conv3x3_fwd_bwd: seconds and GFLOP/s of each side, same input and kernel."""
     import jax
     import jax.numpy as jnp
@@ -345,8 +344,11 @@ def conv_figures(torch_side, args, compile_s: dict) -> dict:
 
     height, width, channels = args.conv_shape
     rng = np.random.default_rng(args.seed)
-    x = jnp.asarray(rng.standard_normal((1, height, width, channels), dtype=np.float32))
-    kernel = jnp.asarray(rng.standard_normal((3, 3, channels, channels), dtype=np.float32) / (3 * channels ** 0.5))
+    inputs = {"x": rng.standard_normal((1, height, width, channels), dtype=np.float32),  # NHWC
+              "kernel": rng.standard_normal((3, 3, channels, channels), dtype=np.float32) / (3 * channels ** 0.5)}
+    inputs_path = tmp / "conv_inputs.npz"
+    np.savez(inputs_path, **inputs)
+    x, kernel = jnp.asarray(inputs["x"]), jnp.asarray(inputs["kernel"])
 
     def forward(x, kernel):
         return layers.conv2d(x, kernel, 1, ((1, 1), (1, 1)))
@@ -365,16 +367,16 @@ def conv_figures(torch_side, args, compile_s: dict) -> dict:
         mode = name.removeprefix("conv3x3_")
         _, jax_s, torch_s = interleaved(
             lambda: timed(compiled, x, kernel),
-            lambda: torch_side("conv", mode=mode, height=height, width=width, channels=channels,
-                               seed=args.seed)["seconds"], args.repeats)
+            lambda: torch_side("conv", mode=mode, inputs=str(inputs_path))["seconds"], args.repeats)
         figures[name] = {"lama_jax_s": jax_s, "torch_s": torch_s,
                          "lama_jax_gflop_per_s": float(f"{flops / jax_s / 1e9:.4g}"),
                          "torch_gflop_per_s": float(f"{flops / torch_s / 1e9:.4g}")}
     return figures
 
 
-def update_agreement(initial, ours, theirs, lr: float) -> dict:
-    """How alike both sides' first weight updates are, in units of the learning rate.
+def update_agreement(ours, theirs, lr: float) -> dict:
+    """How alike both sides' first weight updates are, in units of the learning rate (both started
+    from the same weights, so the updates differ by what the updated weights differ by).
 
     Adam's first step is lr * g / (|g| + eps): about lr * sign(g) for every weight, so a weight whose
     gradient both sides round to opposite signs (or to sizes near eps) moves differently by up to 2 lr.
@@ -383,9 +385,9 @@ def update_agreement(initial, ours, theirs, lr: float) -> dict:
         return {"lr": lr}
     import jax
 
-    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(initial)]
-    diffs = [np.abs((np.asarray(a) - np.asarray(i)) - (np.asarray(b) - np.asarray(i))).ravel() / lr
-             for i, a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(ours), jax.tree.leaves(theirs))]
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(ours)]
+    diffs = [np.abs(np.asarray(a) - np.asarray(b)).ravel() / lr
+             for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs))]
     flipped = {path: int(np.sum(d > 1.0)) for path, d in zip(paths, diffs)}
     every = np.concatenate(diffs)
     return {"lr": lr, "weights": int(every.size), "max_diff_in_lr": float(every.max()),

@@ -348,7 +348,7 @@ class Worker:
         torch.set_num_threads(threads)
         self.arrays: Dict[str, Dict[str, Any]] = {}
         self.loaders: Dict[str, Any] = {}
-        self.conv_inputs: Dict[tuple, Any] = {}
+        self.conv_inputs: Dict[str, Any] = {}
 
     def _batch(self, path: str, layout: str = "nchw"):
         import numpy as np
@@ -432,20 +432,17 @@ class Worker:
         losses = self.training.step(arrays)
         return {"seconds": time.perf_counter() - start, "losses": losses}
 
-    def op_conv(self, mode, height, width, channels, seed):
-        """Seconds of one 3x3 conv (C -> C, zero padding 1, batch 1): "fwd", or "fwd_bwd" with both
-        gradients; the same input and kernel as compare_pytorch's lama_jax side."""
+    def op_conv(self, mode, inputs):
+        """Seconds of one 3x3 conv (zero padding 1) of the .npz `inputs` (x NHWC, kernel HWIO, as
+        compare_pytorch's lama_jax side runs them): "fwd", or "fwd_bwd" with both gradients."""
         import numpy as np
         import torch
 
-        key = (height, width, channels, seed)
-        if key not in self.conv_inputs:
-            rng = np.random.default_rng(seed)
-            x = rng.standard_normal((1, height, width, channels), dtype=np.float32)
-            kernel = rng.standard_normal((3, 3, channels, channels), dtype=np.float32) / (3 * channels ** 0.5)
-            self.conv_inputs[key] = (torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
-                                     torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))  # HWIO -> OIHW
-        x, kernel = (t.detach().requires_grad_(mode == "fwd_bwd") for t in self.conv_inputs[key])
+        if inputs not in self.conv_inputs:
+            with np.load(inputs) as data:
+                self.conv_inputs[inputs] = (torch.from_numpy(data["x"].transpose(0, 3, 1, 2).copy()),
+                                            torch.from_numpy(data["kernel"].transpose(3, 2, 0, 1).copy()))
+        x, kernel = (t.detach().requires_grad_(mode == "fwd_bwd") for t in self.conv_inputs[inputs])
         start = time.perf_counter()
         if mode == "fwd":
             with torch.no_grad():

@@ -139,13 +139,12 @@ def _warn_of_fully_masked_crops(config: ml_collections.ConfigDict, masks, per_de
     if not covered:
         return
     group = per_device_batch if config.train.batch_norm == "per_device" else config.batch_size
-    alone = group == 1
     logging.warning(
         "config.data.mask = %r with crop_size = %d covers the whole crop in %d of %d sampled masks%s; "
         "size the masks to the crop with config.data.mask_overrides", config.data.mask, size, covered,
         _MASK_SAMPLES,
         " and each device's BatchNorm sees one crop: such a crop makes the generator's gradient "
-        "non-finite and stops the run" if alone else "")
+        "non-finite and stops the run" if group == 1 else "")
 
 
 def _profile_window(config: ml_collections.ConfigDict) -> Optional[tuple]:
