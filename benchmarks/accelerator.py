@@ -39,6 +39,7 @@ It reads tests/fixtures/ of this checkout, so run it from a clone.
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -48,11 +49,12 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 # This checkout's lama_jax (not another installed copy) and its fixture readers.
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -60,6 +62,7 @@ import numpy as np  # noqa: E402
 
 import fixture_arrays  # noqa: E402
 import resnet_recipe  # noqa: E402
+import upstream_lama  # noqa: E402
 from lama_jax import aot, convert, train_step  # noqa: E402
 from lama_jax.configs import big_lama, tiny  # noqa: E402
 from lama_jax.models import FourierUnit, NLayerDiscriminator, ResNet50Dilated, build_generator  # noqa: E402
@@ -495,76 +498,28 @@ def refinement_part(args, budget, sizes) -> dict:
 # PyTorch: a child interpreter runs upstream LaMa before this one's JAX takes the device
 
 
-def torch_worker(lama_root: str, sizes: dict, seconds: float) -> dict:
-    """Upstream generator eval and training steps in float32 on torch's device; stays within `seconds`."""
-    deadline = time.perf_counter() + seconds
-    try:
-        import torch  # pylint: disable=g-import-not-at-top
-
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        import upstream_lama  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-        return {"unavailable": f"upstream_lama not available ({e})"}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = dict(device=device, torch=torch.__version__, train_steps=[], skipped=[])
-    if device == "cuda":
-        result["device_name"] = torch.cuda.get_device_name(0)
-
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    try:
-        generator = upstream_lama.torch_generator(lama_root, seed=0, device=device).eval()
-        size = sizes["torch_eval_size"]
-        x = torch.from_numpy(synthetic_batch(1, size, seed=0)["image"].transpose(0, 3, 1, 2).copy()).to(device)
-        x = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
-        with torch.no_grad():
-            generator(x)
-            sync()
-            start = time.perf_counter()
-            for _ in range(sizes["repeats"]):
-                generator(x)
-            sync()
-        result["eval"] = dict(size=size, ms_per_image=(time.perf_counter() - start) / sizes["repeats"] * 1e3)
-        del generator
-        last_s = None
-        for batch_size in sizes["step_batches"]:
-            if last_s is not None and last_s * batch_size > deadline - time.perf_counter():
-                result["skipped"].append(dict(per_device_batch=batch_size, note="skipped: the budget would be exceeded"))
-                continue
-            started = time.perf_counter()
-            step = upstream_lama.torch_training_step(lama_root, seed=0, device=device, batch_size=batch_size,
-                                                     size=sizes["step_size"])
-            batch = synthetic_batch(batch_size, sizes["step_size"], seed=0)
-            step(batch)  # warm-up
-            sync()
-            start = time.perf_counter()
-            for _ in range(sizes["repeats"]):
-                step(batch)
-            sync()
-            seconds_per_step = (time.perf_counter() - start) / sizes["repeats"]
-            result["train_steps"].append(dict(per_device_batch=batch_size, ms_per_step=seconds_per_step * 1e3,
-                                              img_per_s=batch_size / seconds_per_step))
-            last_s = (time.perf_counter() - started) / batch_size
-            del step
-            if device == "cuda":
-                torch.cuda.empty_cache()
-        if device == "cuda":
-            result["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
-    except upstream_lama.UpstreamUnavailable as e:
-        return {"unavailable": str(e)}
-    return result
-
-
 def pytorch_part(args, budget, sizes) -> dict:
+    """Upstream LaMa's eval and training steps on torch's device, run by `--torch-python` (default this
+    interpreter) through benchmarks/upstream_lama.py, which never imports JAX: LaMa's requirements
+    (numpy < 2) and current JAX's usually live in two environments. The batches are written here."""
     seconds = min(budget.left(), budget.estimate("pytorch") * 2)
-    child = subprocess.run(
-        [sys.executable, __file__, "--torch-worker", json.dumps(dict(lama_root=args.lama_root, sizes=sizes,
-                                                                      seconds=seconds))],
-        capture_output=True, text=True, timeout=max(seconds * 2, 60), env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    with tempfile.TemporaryDirectory() as folder:
+        batches = pathlib.Path(folder, "batches.npz")
+        arrays = {"eval": synthetic_batch(1, sizes["torch_eval_size"], seed=0)}
+        arrays.update({f"step{b}": synthetic_batch(b, sizes["step_size"], seed=0) for b in sizes["step_batches"]})
+        np.savez(batches, **{f"{name}/{key}": value for name, batch in arrays.items() for key, value in batch.items()})
+        request = dict(lama_root=args.lama_root, batches=str(batches), step_batches=list(sizes["step_batches"]),
+                       repeats=sizes["repeats"], seconds=seconds,
+                       config=dataclasses.asdict(upstream_lama.UpstreamConfig.from_lama_jax(
+                           step_config(sizes["step_config"], "reference", "float32"))))
+        try:
+            child = subprocess.run([args.torch_python, upstream_lama.__file__, "--device-benchmark", json.dumps(request)],
+                                   capture_output=True, text=True, timeout=max(seconds * 2, 60))
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return {"unavailable": f"--torch-python {args.torch_python}: {e}"}
     if child.returncode:
-        return {"unavailable": f"the PyTorch child failed: {child.stderr.strip().splitlines()[-1:]}"}
+        return {"unavailable": f"the PyTorch child ({args.torch_python}) failed: "
+                               f"{(child.stderr.strip().splitlines() or ['no message'])[-1]}"}
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
@@ -617,16 +572,12 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated subset of {','.join(PARTS)} (machine is always reported)")
-    parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--torch-python", default=sys.executable,
+                        help="the interpreter with torch and LaMa's requirements (default: this one)")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     if parts - set(PARTS):
         parser.error(f"--parts: unknown {sorted(parts - set(PARTS))}; choose from {','.join(PARTS)}")
-    if args.torch_worker:
-        request = json.loads(args.torch_worker)
-        print(json.dumps(torch_worker(request["lama_root"], request["sizes"], request["seconds"])))
-        return 0
-
     sizes = SMOKE if args.smoke else FULL
     budget = Budget(args.budget_s, "smoke" if args.smoke else "full")
     budget.parts = parts

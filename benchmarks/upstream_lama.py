@@ -8,7 +8,7 @@ upstream's `configs/training/big-lama.yaml` values):
 
 * `torch_generator`: the `FFCResNetGenerator`, seeded init, float32;
 * `generator_variables_from_torch`: its weights as lama_jax variables (lama_jax.convert);
-* `torch_training_step`: one G step then one D step with upstream's
+* `torch_training`: its `step(batch)` is one G step then one D step with upstream's
   `DefaultInpaintingTrainingModule` methods. LaMa's trainer targets
   PyTorch-Lightning 1.2.9, whose loop current Lightning does not reproduce, so
   what that loop did is done here: per optimizer (G, then D), with the other
@@ -16,9 +16,11 @@ upstream's `configs/training/big-lama.yaml` values):
   toggling), `_do_step`, backward, `clip_grad_norm_(params, 1)` (Lightning's `gradient_clip_val: 1`,
   `min(1, 1 / (norm + 1e-6))`), `step()`, `zero_grad()`.
 
-Run as a script (`python upstream_lama.py --serve --lama-root DIR`) it is the
-worker that `compare_pytorch.py` drives from another interpreter: one JSON
-request per stdin line, one JSON reply per stdout line. It never imports JAX.
+Run as a script it is the PyTorch side that the benchmarks drive from another
+interpreter (the one with LaMa's requirements): `--serve --lama-root DIR` for
+`compare_pytorch.py` (one JSON request per stdin line, one JSON reply per stdout
+line), `--device-benchmark REQUEST` for `accelerator.py` (one JSON result). It
+never imports JAX.
 torch is imported inside functions so that this module imports without it.
 """
 
@@ -301,14 +303,6 @@ def torch_training(lama_root, *, seed: int = 0, device: str = "cpu",
     return TorchTraining(module, step)
 
 
-def torch_training_step(lama_root, *, seed: int = 0, device: str = "cpu", batch_size: int = 1, size: int = 256,
-                        config: Optional[UpstreamConfig] = None) -> Callable[[Dict[str, Any]], Dict[str, float]]:
-    """`step(batch) -> losses` of upstream's trainer; batch: {"image": (B, H, W, 3), "mask": (B, H, W, 1)}
-    float32 numpy (NHWC, as lama_jax takes it). batch_size and size describe the batches it will get."""
-    del batch_size, size  # the upstream networks are fully convolutional; kept for callers' clarity
-    return torch_training(lama_root, seed=seed, device=device, config=config).step
-
-
 # --- timing helpers and the worker that compare_pytorch.py drives ---------------------------------
 
 
@@ -370,8 +364,6 @@ class Worker:
     def op_setup(self, config, seed, weights):
         """Builds the networks from `seed` and writes their state dicts to the .npz `weights`."""
         import copy
-
-        import numpy as np
 
         start = time.perf_counter()
         self.config = UpstreamConfig(**config)
@@ -488,6 +480,63 @@ def _forever(loader):
         yield from loader
 
 
+def device_benchmark(lama_root, batches: str, step_batches, repeats: int, seconds: float, config: dict):
+    """benchmarks/accelerator.py's PyTorch part: upstream's generator eval and training step in float32
+    on torch's device (CUDA when present), on the batches of the .npz `batches` ("eval/image",
+    "step15/mask", ...). A batch size whose steps would run past `seconds` is skipped with a note."""
+    try:
+        import numpy as np
+        import torch
+    except ImportError as e:
+        raise _missing(e.name or "torch", lama_root) from e
+
+    deadline = time.perf_counter() + seconds
+    config = UpstreamConfig(**config)
+    with np.load(batches) as data:
+        arrays = {key: data[key] for key in data.files}
+    batch = lambda name: {k: arrays[f"{name}/{k}"] for k in ("image", "mask")}  # noqa: E731
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = dict(device=device, torch=torch.__version__, train_steps=[], skipped=[])
+    if device == "cuda":
+        result["device_name"] = torch.cuda.get_device_name(0)
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
+
+    generator = torch_generator(lama_root, seed=0, device=device, config=config).eval()
+    image, mask = (torch.from_numpy(v.transpose(0, 3, 1, 2).copy()).to(device) for v in batch("eval").values())
+    inpaint(generator, image, mask)
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        inpaint(generator, image, mask)
+    sync()
+    result["eval"] = dict(size=image.shape[-1], ms_per_image=(time.perf_counter() - start) / repeats * 1e3)
+    del generator
+    seconds_per_image = None
+    for batch_size in step_batches:
+        if seconds_per_image is not None and seconds_per_image * batch_size > deadline - time.perf_counter():
+            result["skipped"].append(dict(per_device_batch=batch_size, note="skipped: the budget would be exceeded"))
+            continue
+        started = time.perf_counter()
+        step = torch_training(lama_root, seed=0, device=device, config=config).step
+        step_batch = batch(f"step{batch_size}")
+        step(step_batch)  # warm-up
+        sync()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step(step_batch)
+        sync()
+        seconds_per_step = (time.perf_counter() - start) / repeats
+        result["train_steps"].append(dict(per_device_batch=batch_size, ms_per_step=seconds_per_step * 1e3,
+                                          img_per_s=batch_size / seconds_per_step))
+        seconds_per_image = (time.perf_counter() - started) / batch_size
+        del step
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    if device == "cuda":
+        result["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
+    return result
+
+
 def serve(lama_root, threads: int, requests=sys.stdin, replies=None) -> None:
     """Answers one JSON request {"op": name, **arguments} per line with one JSON line."""
     replies = replies or sys.stdout
@@ -508,11 +557,23 @@ def serve(lama_root, threads: int, requests=sys.stdin, replies=None) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="The upstream LaMa side of benchmarks/compare_pytorch.py.")
-    parser.add_argument("--serve", action="store_true", required=True)
-    parser.add_argument("--lama-root", required=True)
+    parser = argparse.ArgumentParser(
+        description="The upstream LaMa side of benchmarks/compare_pytorch.py and benchmarks/accelerator.py.")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--serve", action="store_true", help="answer compare_pytorch.py's requests on stdin")
+    mode.add_argument("--device-benchmark", metavar="REQUEST", help="accelerator.py's PyTorch part (JSON)")
+    parser.add_argument("--lama-root")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args(argv)
+    if args.device_benchmark:
+        try:
+            result = device_benchmark(**json.loads(args.device_benchmark))
+        except UpstreamUnavailable as e:
+            result = {"unavailable": str(e)}
+        print(json.dumps(result))
+        return
+    if not args.lama_root:
+        parser.error("--serve needs --lama-root")
     serve(args.lama_root, args.threads)
 
 

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from lama_jax.configs import tiny
+
 SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "accelerator.py"
 BLOCKED = ("grain", "orbax", "tensorflow_datasets", "tensorflow", "cv2", "PIL")
 PARTS = ("parity", "bf16", "throughput", "inference", "refinement")
@@ -114,6 +116,32 @@ def test_smoke_produces_every_field():
     assert refinement["finite"] and refinement["levels"] == [[16, 16], [32, 32]]
     assert refinement["device_peak_bytes_so_far"] is None and refinement["peak_rss_mb"] > 0
     assert result["pytorch"]["ratios"] is None
+
+
+def test_pytorch_part_runs_upstream_in_the_interpreter_given(tmp_path):
+    pytest.importorskip("torch")
+    import lama_stand_in  # pylint: disable=g-import-not-at-top
+
+    model = tiny.get_config().model  # what --smoke runs on both sides
+    root = lama_stand_in.write_stand_in(tmp_path / "lama", model.generator, model.discriminator)
+    result = run_script("--smoke", "--json", "--parts", "pytorch", "--lama-root", str(root),
+                        "--torch-python", sys.executable)
+    torch_side = result["pytorch"]
+    assert torch_side["device"] == "cpu" and torch_side["torch"]
+    assert torch_side["eval"]["size"] == 64 and torch_side["eval"]["ms_per_image"] > 0
+    assert [s["per_device_batch"] for s in torch_side["train_steps"]] == [2] and not torch_side["skipped"]
+    assert all(s["img_per_s"] > 0 for s in torch_side["train_steps"])
+    assert torch_side["ratios"] is None and torch_side["ratios_reason"].startswith("--smoke")
+    # Upstream was built with the networks of the config lama_jax's side runs (tiny in --smoke).
+    kwargs = lama_stand_in.generator_kwargs(root)
+    assert (kwargs["ngf"], kwargs["n_blocks"]) == (model.generator.ngf, model.generator.n_blocks)
+
+
+def test_pytorch_part_names_an_interpreter_that_cannot_run(tmp_path):
+    missing = str(tmp_path / "no-such-python")
+    result = run_script("--smoke", "--json", "--parts", "pytorch", "--lama-root", str(tmp_path),
+                        "--torch-python", missing)
+    assert result["pytorch"]["ratios"] is None and missing in result["pytorch"]["ratios_reason"]
 
 
 def test_mfu_peaks_known_chips_and_says_why_for_others():
