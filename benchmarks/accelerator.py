@@ -527,7 +527,7 @@ def pytorch_comparison(torch_result, results, sizes) -> dict:
     """JAX / PyTorch ratios of the same measurements on the same kind of device."""
     jax_platform = results["machine"]["platform"]
     if sizes is SMOKE:
-        return {"ratios": None, "ratios_reason": "--smoke: lama_jax runs the tiny config, upstream big-lama"}
+        return {"ratios": None, "ratios_reason": "--smoke: the tiny config at toy sizes on both sides, not a speed comparison"}
     if {"cpu": "cpu", "gpu": "cuda"}.get(jax_platform) != torch_result.get("device"):
         return {"ratios": None, "ratios_reason": f"torch ran on {torch_result.get('device')}, JAX on {jax_platform}"}
     ratios = {}
