@@ -1,6 +1,6 @@
 r"""Everything to know before training on an accelerator, in one command: parity, bf16, speed, memory.
 
-    python benchmarks/accelerator.py --json [--budget-s 420] [--lama-root DIR]
+    python benchmarks/accelerator.py --json [--budget-s 420] [--lama-root DIR [--torch-python PY]]
     python benchmarks/accelerator.py --json --smoke          # tiny sizes: a CPU check that it all runs
 
 Runs on whatever JAX backend is present (GPU, TPU or CPU). Parts, each timed and each skipped with
@@ -22,9 +22,11 @@ a note when what earlier parts cost says the rest of --budget-s would not cover 
   FLOP count, achieved TFLOP/s and MFU against the dense peak of known chips (PEAK_TFLOPS).
   Then generator inference at 512² and 1024², and multi-scale refinement at 1024² with its peak
   device memory.
-* pytorch (with --lama-root, an advimman/lama checkout, and torch): upstream's generator eval and
-  training step (float32) on the same device and their ratio to the JAX figures. It runs first, in a
-  child interpreter, so that JAX's preallocated device memory is not yet taken.
+* pytorch (with --lama-root, an advimman/lama checkout): upstream's generator eval and training step
+  (float32) on the same device and their ratio to the JAX figures, with the networks of the config
+  the JAX side runs. It runs first, so that JAX's preallocated device memory is not yet taken, in
+  --torch-python (default this interpreter), the one with torch and LaMa's requirements: they pin
+  numpy < 2, which current JAX does not run with, so the two usually live in two environments.
 * machine: device kind and count, driver (nvidia-smi), package versions, CPU model, load average.
 
 One device is measured (the first); batches are per device. A field that cannot be measured here
