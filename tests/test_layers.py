@@ -10,12 +10,14 @@ from lama_jax.models import layers
 CASES = [  # (kernel size, stride, padding, in channels, out channels)
     (3, 1, ((1, 1), (1, 1)), 5, 6),
     (3, 1, ((1, 1), (1, 1)), 5, 16),  # XLA's own kernel gradient
+    (3, 1, ((1, 1), (1, 1)), 16, 24),  # one matrix product per kernel tap
     (3, 1, ((0, 0), (0, 0)), 5, 6),  # unpadded: run padded, then cropped
     (2, 1, ((0, 1), (0, 1)), 5, 6),  # one-sided, as in the sub-pixel transposed conv
     (7, 1, ((0, 0), (0, 0)), 4, 3),
     (1, 1, ((0, 0), (0, 0)), 5, 6),  # a matrix product
     (3, 2, ((1, 1), (1, 1)), 5, 6),  # odd kernel, stride 2: XLA forward, space-to-depth gradients
     (4, 2, ((2, 2), (2, 2)), 5, 6),  # even kernel, stride 2: space-to-depth throughout
+    (4, 2, ((2, 2), (2, 2)), 5, 16),  # the same, 20 -> 16 channels after space-to-depth: per tap
     (1, 2, ((0, 0), (0, 0)), 5, 6),
 ]
 
