@@ -52,8 +52,9 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import upstream_lama  # noqa: E402  (the benchmark scripts' folder, whatever the working directory)
+# The benchmark scripts' folder whatever the working directory, and this checkout's lama_jax, not an installed one.
+sys.path[:0] = [str(pathlib.Path(__file__).resolve().parent), str(pathlib.Path(__file__).resolve().parent.parent)]
+import upstream_lama  # noqa: E402
 
 PARTS = ("eval", "fwd_bwd", "train_step", "loader", "conv")
 # Upstream's training masks for 256 crops (its data config abl-04-256-mh-dist `mask_gen_kwargs`).

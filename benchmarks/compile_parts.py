@@ -18,6 +18,7 @@ data-parallel mesh from abstract inputs, as `lama_jax.aot` does for the whole st
 """
 
 import json
+import pathlib
 import sys
 import time
 
@@ -27,7 +28,8 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from lama_jax import aot, config_loader, losses, train_checkpoint, train_step
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # this checkout's lama_jax, not an installed one
+from lama_jax import aot, config_loader, losses, train_checkpoint, train_step  # noqa: E402
 
 PARTS = ("generator_forward", "generator_rerun", "generator_step", "discriminator_step", "hrf_encoder",
          "train_step")
@@ -44,7 +46,8 @@ _JSON = flags.DEFINE_bool("json", False, "One JSON object.")
 def part_functions(config, mesh):
     """{part: (function, takes_fake)}: each part's function of (state, batch[, fake])."""
     steps = train_step.LamaSteps.from_config(config, bn_groups=train_step._bn_groups(config, mesh),  # pylint: disable=protected-access
-                                             platform=train_step.mesh_platform(mesh))
+                                             platform=train_step.mesh_platform(mesh),
+                                             device_kind=train_step.mesh_device_kind(mesh))
     rngs = lambda state: {"dropout": jax.random.wrap_key_data(state["rng"])}  # noqa: E731
 
     def hrf(state, batch):
@@ -98,7 +101,9 @@ def main(argv):
         done = time.perf_counter()
         report = aot.describe_compiled(compiled, device_kind=devices[0].device_kind, batch_per_step=global_batch)
         out["parts"][part] = dict(lower_s=round(lowered_at - started, 2), compile_s=round(done - lowered_at, 2),
-                                  flops=report["flops"], estimated_ms=(report["estimated_step_s"] or 0) * 1e3 or None,
+                                  flops=report["flops"], bytes_accessed=report["bytes_accessed"],
+                                  estimated_ms=(report["estimated_step_s"] or 0) * 1e3 or None,
+                                  roofline_ms=(report["roofline_step_s"] or 0) * 1e3 or None,
                                   temporaries_gib=round(report.get("memory_bytes", {}).get("temporaries", 0) / aot.GIB, 3))
         print(f"{part}: lower {lowered_at - started:.1f} s, compile {done - lowered_at:.1f} s", file=sys.stderr,
               flush=True)

@@ -24,6 +24,7 @@ import os
 import pathlib
 import platform
 import statistics
+import sys
 import tempfile
 import time
 
@@ -32,11 +33,12 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from lama_jax.data import augment
-from lama_jax.data import masks
-from lama_jax.configs import common
-from lama_jax.data import pipeline
-from lama_jax.data import samples
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # this checkout's lama_jax, not an installed one
+from lama_jax.data import augment  # noqa: E402
+from lama_jax.data import masks  # noqa: E402
+from lama_jax.configs import common  # noqa: E402
+from lama_jax.data import pipeline  # noqa: E402
+from lama_jax.data import samples  # noqa: E402
 
 _JSON = flags.DEFINE_bool("json", False, "print one JSON object instead of a table")
 _IMAGES = flags.DEFINE_string("images", None, "folder of JPEGs to read (default: built-in samples)")

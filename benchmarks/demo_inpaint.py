@@ -13,6 +13,7 @@ weights: the values do not change the work.
 import argparse
 import io
 import json
+import pathlib
 import statistics
 import sys
 import threading
@@ -24,11 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from lama_jax import checkpoint, demo
-from lama_jax.config_loader import load_config
-from lama_jax.data.samples import sample_photo_paths
-from lama_jax.inference import Inpainter
-from lama_jax.models import build_generator
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # this checkout's lama_jax, not an installed one
+from lama_jax import checkpoint, demo  # noqa: E402
+from lama_jax.config_loader import load_config  # noqa: E402
+from lama_jax.data.samples import sample_photo_paths  # noqa: E402
+from lama_jax.inference import Inpainter  # noqa: E402
+from lama_jax.models import build_generator  # noqa: E402
 
 
 def png(array) -> bytes:

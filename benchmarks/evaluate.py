@@ -15,6 +15,7 @@ With torch installed, torch_ssim is LaMa's SSIM formula in PyTorch on the same d
 import argparse
 import json
 import os
+import pathlib
 import statistics
 import sys
 import tempfile
@@ -24,8 +25,9 @@ import jax
 import numpy as np
 from PIL import Image
 
-from lama_jax import evaluate, metrics
-from lama_jax.models import inception, lpips
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # this checkout's lama_jax, not an installed one
+from lama_jax import evaluate, metrics  # noqa: E402
+from lama_jax.models import inception, lpips  # noqa: E402
 
 
 def _median_seconds(fn, repeats):

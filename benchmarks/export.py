@@ -11,17 +11,20 @@ against `Inpainter` (XLA's FFT) on the local device: batch 1, median of
 
 import argparse
 import json
+import pathlib
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lama_jax import export
-from lama_jax.config_loader import load_config
-from lama_jax.inference import Inpainter
-from lama_jax.models import build_generator
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # this checkout's lama_jax, not an installed one
+from lama_jax import export  # noqa: E402
+from lama_jax.config_loader import load_config  # noqa: E402
+from lama_jax.inference import Inpainter  # noqa: E402
+from lama_jax.models import build_generator  # noqa: E402
 
 
 def median_ms(fn, *args, repeats):

@@ -14,6 +14,7 @@ median wall time (batch 1, after a warm-up); with `--topology`, for one chip of 
 import argparse
 import json
 import os
+import pathlib
 import platform
 import sys
 import time
@@ -21,9 +22,10 @@ import time
 import jax
 import jax.numpy as jnp
 
-from generator import median_ms  # this folder's timing helper (scripts run with it on sys.path)
-from lama_jax import aot
-from lama_jax.models import FourierUnit
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # this checkout's lama_jax, not an installed one
+from generator import median_ms  # noqa: E402  (this folder's timing helper; scripts run with it on sys.path)
+from lama_jax import aot  # noqa: E402
+from lama_jax.models import FourierUnit  # noqa: E402
 
 CHANNELS = 192  # big-lama: 512 bottleneck channels x ratio 0.75 = 384 global, halved by conv1
 SIDES = {256: 32, 512: 64}  # image side -> Fourier unit side (three stride-2 downsamplings)

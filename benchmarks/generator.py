@@ -9,15 +9,18 @@ LaMa, in one run on this machine, use benchmarks/compare_pytorch.py.
 
 import argparse
 import json
+import pathlib
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lama_jax.config_loader import load_config
-from lama_jax.models import build_generator
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # this checkout's lama_jax, not an installed one
+from lama_jax.config_loader import load_config  # noqa: E402
+from lama_jax.models import build_generator  # noqa: E402
 
 GFLOP_PER_256_FORWARD = 110.1  # the convolutions of one 256² forward
 

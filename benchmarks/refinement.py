@@ -26,7 +26,9 @@ about linear in it.
 
 import argparse
 import json
+import pathlib
 import resource
+import sys
 import time
 
 import jax
@@ -34,10 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from lama_jax.config_loader import load_config
-from lama_jax.data.samples import sample_photo_paths
-from lama_jax.models import build_generator
-from lama_jax.refinement import RefinementOptions, Refiner, image_mask_pyramid
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # this checkout's lama_jax, not an installed one
+from lama_jax.config_loader import load_config  # noqa: E402
+from lama_jax.data.samples import sample_photo_paths  # noqa: E402
+from lama_jax.models import build_generator  # noqa: E402
+from lama_jax.refinement import RefinementOptions, Refiner, image_mask_pyramid  # noqa: E402
 
 
 def _input(size):

@@ -38,8 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lama_jax import train_step
-from lama_jax.configs import big_lama
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # this checkout's lama_jax, not an installed one
+from lama_jax import train_step  # noqa: E402
+from lama_jax.configs import big_lama  # noqa: E402
 
 # Dense tensor-core peak TFLOP/s per compute dtype (vendor datasheets, SXM parts). JAX runs float32
 # convolutions and matmuls on GPU as TF32 at its default precision, hence the TF32 peak for float32.

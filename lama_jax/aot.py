@@ -196,6 +196,78 @@ def collectives(hlo_text: str) -> Dict[str, Dict[str, int]]:
     return found
 
 
+_ARRAY_SHAPE = re.compile(r"([a-z]+\d*)\[([\d,]*)\]")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%(?P<name>[\w.\-]+)\s*=\s*(?P<shape>\((?:[^()]|\([^()]*\))*\)|"
+                          r"[a-z]+\d*\[[\d,]*\](?:\{[^}]*\})?)\s+(?P<op>[\w\-]+)\((?P<operands>[^)]*)\)(?P<attrs>.*)$")
+_CALLEES = re.compile(r"\b(?:calls|to_apply|body|condition|branch_computations)=\{?"
+                      r"(?P<names>%?[\w.\-]+(?:,\s*%?[\w.\-]+)*)\}?")
+# Instructions that move no data of their own (bytes are counted where the data is used).
+_NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while", "after-all",
+               "partition-id", "replica-id", "opt-barrier"}
+
+
+def _arrays(shape: str) -> List[tuple]:
+    return [(dtype, tuple(int(d) for d in dims.split(",") if d)) for dtype, dims in _ARRAY_SHAPE.findall(shape)]
+
+
+def _bytes(shape: str) -> int:
+    return sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(dims) for dtype, dims in _arrays(shape))
+
+
+def _matmul_flops(op: str, shape: str, operand_shapes: List[str], attrs: str) -> int:
+    """2 x output elements x contracted size, for a convolution or dot; 0 for other ops."""
+    if op not in ("convolution", "dot") or len(operand_shapes) < 2 or not all(operand_shapes[:2]):
+        return 0
+    outputs = math.prod(_arrays(shape)[0][1])
+    if op == "convolution":
+        labels = re.search(r"dim_labels=\w+_(\w+)->", attrs)
+        kernel = _arrays(operand_shapes[1])[0][1]
+        if not labels or len(labels[1]) != len(kernel):
+            return 0
+        window = math.prod(size for size, label in zip(kernel, labels[1]) if label.isdigit())
+        return 2 * outputs * window * kernel[labels[1].index("i")]
+    lhs = _arrays(operand_shapes[0])[0][1]
+    dims = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", attrs)
+    return 2 * outputs * (math.prod(lhs[int(d)] for d in dims[1].split(",") if d) if dims else 1)
+
+
+def loop_repeats(hlo_text: str) -> Dict[str, int]:
+    """What XLA's cost analysis leaves out of a program with while loops: it counts each loop body
+    once. Returns {"flops", "bytes"} of the repeats: (iterations - 1) x the convolution and dot
+    FLOPs of every computation run inside loops (fusions included), and the operand and output
+    bytes of the loop bodies' own instructions (nested loops multiply)."""
+    computations = _computations(hlo_text)
+    caller: Dict[str, str] = {}
+    loops: Dict[str, int] = {}
+    for name, lines in computations.items():
+        for line in lines:
+            match = _WHILE.search(line)
+            if match:
+                loops[match["body"]] = _trip_count(line, computations.get(match["condition"], [])) or 1
+            for callees in _CALLEES.finditer(line):
+                for callee in re.split(r",\s*", callees["names"]):
+                    caller.setdefault(callee.lstrip("%"), name)
+
+    def runs(name: Optional[str], depth: int = 0) -> int:
+        if not name or depth > 64:
+            return 1
+        return loops.get(name, 1) * runs(caller.get(name), depth + 1)
+
+    flops = traffic = 0
+    for name, lines in computations.items():
+        repeats = runs(name) - 1
+        if repeats <= 0:
+            continue
+        instructions = [m for m in map(_INSTRUCTION.match, lines) if m]
+        shapes = {m["name"]: m["shape"] for m in instructions}
+        for m in instructions:
+            operand_shapes = [shapes.get(n, "") for n in re.findall(r"%([\w.\-]+)", m["operands"])]
+            flops += repeats * _matmul_flops(m["op"], m["shape"], operand_shapes, m["attrs"])
+            if name in loops and m["op"] not in _NO_TRAFFIC:
+                traffic += repeats * (_bytes(m["shape"]) + sum(map(_bytes, operand_shapes)))
+    return {"flops": flops, "bytes": traffic}
+
+
 def describe_compiled(compiled, *, device_kind: str, batch_per_step: int) -> Dict[str, Any]:
     """Memory, FLOPs, step-time estimate and collectives of one compiled program, per device."""
     report: Dict[str, Any] = {}
@@ -215,17 +287,23 @@ def describe_compiled(compiled, *, device_kind: str, batch_per_step: int) -> Dic
     if isinstance(cost, (list, tuple)):  # older jax: one dict per program
         cost = cost[0] if cost else None
     cost = cost or {}
-    report["flops"] = float(cost["flops"]) if "flops" in cost else None
+    hlo_text = compiled.as_text()
+    # XLA's cost analysis counts a loop body once (TPU runs the generator's blocks as a loop): the
+    # report adds the other iterations. On the tiny config (2 blocks, v5e) the sum is within 1 % of
+    # the unrolled program's FLOPs and 7 % of its bytes.
+    repeats = loop_repeats(hlo_text)
+    report["flops"] = float(cost["flops"]) + repeats["flops"] if "flops" in cost else None
+    report["loop_repeats_added"] = repeats
     seconds = cost.get("optimal_seconds")
     report["estimated_step_s"] = float(seconds) if seconds and seconds > 0 else None
     report["estimated_img_per_s"] = (batch_per_step / seconds) if report["estimated_step_s"] else None
     # libtpu gives no optimal_seconds for large programs (the big-lama step among them): the roofline
     # of its FLOPs and HBM bytes is then the estimate there is, a bound that real steps stay above.
-    report["bytes_accessed"] = float(cost["bytes accessed"]) if "bytes accessed" in cost else None
+    report["bytes_accessed"] = (float(cost["bytes accessed"]) + repeats["bytes"]) if "bytes accessed" in cost else None
     roofline, bound = roofline_step_s(device_kind, report["flops"], report["bytes_accessed"])
     report["roofline_step_s"], report["roofline_bound"] = roofline, bound
     report["roofline_img_per_s"] = batch_per_step / roofline if roofline else None
-    report["collectives"] = collectives(compiled.as_text())
+    report["collectives"] = collectives(hlo_text)
     return report
 
 

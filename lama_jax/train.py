@@ -118,6 +118,8 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     try:
         platform_choices.unroll_blocks(config.model.generator.block_loop)
         platform_choices.fft_impl(config.model.generator.fft_impl)
+        platform_choices.remat_blocks(config.model.generator.get("remat_blocks", False))
+        platform_choices.tpu_phase_input_grad(config.model.discriminator.get("stride2_input_grad", "auto"))
     except ValueError as err:
         raise TrainingError(str(err)) from None
     _profile_window(config)

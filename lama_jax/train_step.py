@@ -260,15 +260,17 @@ class LamaSteps:
     discriminator_lr: float
 
     @classmethod
-    def from_config(cls, config, *, bn_groups: int = 1, platform: Optional[str] = None) -> "LamaSteps":
-        """`bn_groups`: BatchNorm statistic groups along the batch (1 = global statistics); `platform`:
-        the device platform the program is built for (default: JAX's default backend)."""
+    def from_config(cls, config, *, bn_groups: int = 1, platform: Optional[str] = None,
+                    device_kind: Optional[str] = None) -> "LamaSteps":
+        """`bn_groups`: BatchNorm statistic groups along the batch (1 = global statistics); `platform`
+        and `device_kind`: the devices the program is built for (default: JAX's default backend)."""
         validate_config(config)
         dtype = config.train.compute_dtype
         g_tx, d_tx = make_optimizers(config)
         return cls(
             generator=build_generator(config.model.generator, bn_groups=bn_groups, dtype=dtype, platform=platform),
-            discriminator=build_discriminator(config.model.discriminator, bn_groups=bn_groups, dtype=dtype),
+            discriminator=build_discriminator(config.model.discriminator, bn_groups=bn_groups, dtype=dtype,
+                                              device_kind=device_kind),
             resnet_pl=ResNet50Dilated(dtype=compute_dtype(config.train.compute_dtype)),
             loss_config=config.losses.to_dict(),
             step_mode=config.train.step_mode,
@@ -436,13 +438,19 @@ def mesh_platform(mesh: Mesh) -> str:
     return mesh.devices.flat[0].platform
 
 
+def mesh_device_kind(mesh: Mesh) -> str:
+    """The kind of the mesh's devices ("TPU v4", "NVIDIA H100 80GB HBM3", "cpu", ...)."""
+    return mesh.devices.flat[0].device_kind
+
+
 def _bn_groups(config, mesh: Mesh) -> int:
     return mesh.shape[DATA_AXIS] if config.train.batch_norm == "per_device" else 1
 
 
 def make_train_step(config, mesh: Mesh):
     """`train_step(state, batch) -> (state, metrics)`, jitted over `mesh`; the state is donated."""
-    steps = LamaSteps.from_config(config, bn_groups=_bn_groups(config, mesh), platform=mesh_platform(mesh))
+    steps = LamaSteps.from_config(config, bn_groups=_bn_groups(config, mesh), platform=mesh_platform(mesh),
+                                  device_kind=mesh_device_kind(mesh))
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     return jax.jit(steps.train_step, in_shardings=(replicated, batch_sharding),

@@ -1,5 +1,7 @@
 """lama_jax.aot: ahead-of-time compiles and their reports, on fake CPU devices and a TPU topology."""
 
+import json
+import pathlib
 import subprocess
 import sys
 
@@ -128,6 +130,20 @@ def test_v4_topology_is_one_megacore_device_per_chip():
     assert aot.chip_memory_bytes(devices[0].device_kind) == 32 * aot.GIB
 
 
+@pytest.mark.parametrize("topology", ["v4:2x2x1", "v5p:2x2x1"])
+def test_discriminator_step_with_r1_compiles_for_tpu_v4_and_v5p(topology):
+    """XLA's stride-2 input gradient under R1's double backward aborted these compilers (libtpu
+    0.0.50.1), killing the process: this tiny D step at 64x64 was enough. In a subprocess so that
+    an abort fails this test, not the run."""
+    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "compile_parts.py"
+    result = subprocess.run([sys.executable, str(script), "--config", "tiny", "--topology", topology,
+                             "--per_device_batch", "1", "--size", "64", "--parts", "discriminator_step", "--json"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    part = json.loads(result.stdout.splitlines()[-1])["parts"]["discriminator_step"]
+    assert part["flops"] > 0 and part["bytes_accessed"] > 0
+
+
 def test_roofline_of_known_chips_only():
     # One second of v5e compute (197 TFLOP) moving half a second of its HBM (819 GB/s).
     assert aot.roofline_step_s("TPU v5 lite", 197e12, 819e9 / 2) == (pytest.approx(1.0), "compute")
@@ -156,3 +172,39 @@ def test_unknown_topology_and_missing_libtpu_are_one_line_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "libtpu", None)  # import libtpu now raises ImportError
     with pytest.raises(aot.AotError, match=r"needs libtpu: pip install 'lama_jax\[tpu\]'"):
         aot.topology_devices("v5e:2x2")
+
+
+CONV_LOOP_HLO = """
+%fused_conv (param_0: f32[2,8,8,4], param_1: f32[3,3,4,16]) -> f32[2,8,8,16] {
+  %param_0 = f32[2,8,8,4]{3,2,1,0} parameter(0)
+  %param_1 = f32[3,3,4,16]{3,2,1,0} parameter(1)
+  ROOT %convolution.1 = f32[2,8,8,16]{3,2,1,0} convolution(%param_0, %param_1), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+}
+
+%body (p: (s32[], f32[2,8,8,4])) -> (s32[], f32[2,8,8,4]) {
+  %p = (s32[], f32[2,8,8,4]{3,2,1,0}) parameter(0)
+  %x = f32[2,8,8,4]{3,2,1,0} get-tuple-element(%p), index=1
+  %k = f32[3,3,4,16]{3,2,1,0} constant({...})
+  %fusion.1 = f32[2,8,8,16]{3,2,1,0} fusion(%x, %k), kind=kOutput, calls=%fused_conv
+  %w = f32[16,4]{1,0} constant({...})
+  %dot.1 = f32[2,8,8,4]{3,2,1,0} dot(%fusion.1, %w), lhs_contracting_dims={3}, rhs_contracting_dims={0}
+  ROOT %t = (s32[], f32[2,8,8,4]{3,2,1,0}) tuple(%p, %dot.1)
+}
+
+ENTRY %main (a: f32[2,8,8,4]) -> f32[2,8,8,4] {
+  %a = f32[2,8,8,4]{3,2,1,0} parameter(0)
+  %while.1 = (s32[], f32[2,8,8,4]{3,2,1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"5"}}
+}
+"""
+
+
+def test_loop_repeats_add_what_xla_counts_once():
+    repeats = aot.loop_repeats(CONV_LOOP_HLO)
+    conv = 2 * (2 * 8 * 8 * 16) * 9 * 4  # the fused convolution, reached through the loop body
+    dot = 2 * (2 * 8 * 8 * 4) * 16
+    assert repeats["flops"] == 4 * (conv + dot)
+    # The body's own instructions: the fusion (operands x, k; output) and the dot (operands, output).
+    fusion_bytes = 4 * (2 * 8 * 8 * 4 + 3 * 3 * 4 * 16 + 2 * 8 * 8 * 16)
+    dot_bytes = 4 * (2 * 8 * 8 * 16 + 16 * 4 + 2 * 8 * 8 * 4)
+    assert repeats["bytes"] == 4 * (fusion_bytes + dot_bytes)
+    assert aot.loop_repeats(CONV_LOOP_HLO.replace("while(", "call(")) == {"flops": 0, "bytes": 0}

@@ -76,3 +76,59 @@ def test_each_platform_of_an_export_gets_its_own_convolution_path():
     assert lowered_ops("cpu") == (False, True)
     assert lowered_ops("cuda") == (True, False)
     assert lowered_ops("tpu") == (True, False)
+
+
+@pytest.mark.parametrize("size, padding, height, width", [
+    (4, ((2, 2), (2, 2)), 13, 11),  # the discriminator's convolutions
+    (4, ((2, 2), (2, 2)), 12, 12),
+    (3, ((1, 1), (1, 1)), 13, 10),
+    (3, ((0, 1), (1, 0)), 9, 8),  # one-sided padding
+    (1, ((0, 0), (0, 0)), 9, 8),  # a phase with no taps
+])
+def test_tpu_stride2_gradient_equals_xla_to_second_order(size, padding, height, width):
+    """TPU's stride-2 pullback (input gradient as four stride-1 convolutions, one per phase) is
+    XLA's, for the gradients and for R1's gradient of the squared input gradient."""
+    rng = np.random.default_rng(size + height)
+    x = jnp.asarray(rng.normal(size=(2, height, width, 5)).astype(np.float32))
+    kernel = jnp.asarray(rng.normal(size=(size, size, 5, 6)).astype(np.float32))
+    probe = jnp.asarray(rng.normal(size=reference_conv(x, kernel, 2, padding).shape).astype(np.float32))
+
+    @jax.custom_vjp
+    def tpu_conv(x, kernel):
+        return reference_conv(x, kernel, 2, padding)
+
+    tpu_conv.defvjp(lambda x, kernel: (tpu_conv(x, kernel), (x, kernel)),
+                    lambda residuals, dy: layers._tpu_stride2_pullback(padding, *residuals, dy))
+
+    def objective(conv):
+        return lambda x, kernel: jnp.sum(jax.nn.leaky_relu(conv(x, kernel), 0.2) * probe)
+
+    ours, expected = objective(tpu_conv), objective(lambda x, k: reference_conv(x, k, 2, padding))
+    for got, want in zip(jax.grad(ours, (0, 1))(x, kernel), jax.grad(expected, (0, 1))(x, kernel)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+
+    def penalty(objective):
+        return lambda kernel: jnp.sum(jax.grad(objective)(x, kernel) ** 2)
+
+    np.testing.assert_allclose(jax.grad(penalty(ours))(kernel), jax.grad(penalty(expected))(kernel),
+                               rtol=1e-4, atol=1e-2)
+
+
+def test_tpu_phase_input_grad_takes_no_input_dilated_convolution_into_r1():
+    """R1 through a stride-2 convolution lowered for TPU with `tpu_phase_input_grad`: its input
+    gradient is stride-1 convolutions (XLA's input-dilated form aborts the TPU v4 and v5p
+    compilers); without it, or lowered for another platform, XLA's form."""
+    x, kernel = jnp.ones((1, 12, 12, 3)), jnp.ones((4, 4, 3, 8))
+
+    def input_dilated_convolutions(platform, tpu_phase_input_grad):
+        def penalty(kernel, x):
+            grad = jax.grad(lambda x: jnp.sum(layers.conv2d(x, kernel, 2, ((2, 2), (2, 2)),
+                                                            tpu_phase_input_grad=tpu_phase_input_grad) ** 2))(x)
+            return jnp.sum(grad ** 2)
+
+        text = jax.export.export(jax.jit(jax.grad(penalty)), platforms=(platform,))(kernel, x).mlir_module()
+        return sum("lhs_dilat" in line for line in text.splitlines() if "stablehlo.convolution" in line)
+
+    assert input_dilated_convolutions("tpu", True) == 0
+    assert input_dilated_convolutions("tpu", False) > 0
+    assert input_dilated_convolutions("cuda", True) > 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lama_jax.configs import tiny
-from lama_jax.models import build_generator
+from lama_jax.models import build_discriminator, build_generator
 from lama_jax.models import platform as platform_choices
 
 
@@ -39,10 +39,37 @@ def test_architecture_ignores_program_keys():
     assert platform_choices.architecture(dict(cfg, ngf=16)) != platform_choices.architecture(cfg)
 
 
-def test_blocks_as_a_loop_equal_the_unrolled_blocks_with_gradients():
+def test_remat_blocks_is_checked_and_off_by_default():
+    cfg = tiny.get_config().model.generator
+    assert cfg.remat_blocks is False and build_generator(cfg, platform="tpu").remat_blocks is False
+    assert build_generator(dict(cfg.to_dict(), remat_blocks=True), platform="cpu").remat_blocks is True
+    with pytest.raises(ValueError, match=r"model.generator.remat_blocks = 'yes'; expected True or False"):
+        platform_choices.remat_blocks("yes")
+
+
+def test_discriminator_stride2_input_grad_by_device_kind():
+    cfg = tiny.get_config().model.discriminator
+    assert cfg.stride2_input_grad == "auto"
+    by_kind = {kind: build_discriminator(cfg, device_kind=kind).tpu_phase_input_grad
+               for kind in ("TPU v4", "TPU v5", "TPU v5 lite", "TPU v6 lite", "cpu", None)}
+    assert by_kind == {"TPU v4": True, "TPU v5": True, "TPU v5 lite": False, "TPU v6 lite": False, "cpu": False,
+                       None: False}
+    assert build_discriminator(dict(cfg.to_dict(), stride2_input_grad="phases")).tpu_phase_input_grad is True
+    assert build_discriminator(dict(cfg.to_dict(), stride2_input_grad="xla"), device_kind="TPU v4"
+                               ).tpu_phase_input_grad is False
+    legacy = {k: v for k, v in cfg.to_dict().items() if k not in platform_choices.PROGRAM_KEYS}
+    assert build_discriminator(legacy, device_kind="TPU v4").tpu_phase_input_grad is True
+    with pytest.raises(ValueError, match=r"model.discriminator.stride2_input_grad = 'dilated'; expected one of"):
+        platform_choices.tpu_phase_input_grad("dilated", "TPU v4")
+
+
+@pytest.mark.parametrize("second", [dict(block_loop="scan"), dict(block_loop="scan", remat_blocks=True),
+                                    dict(block_loop="unrolled", remat_blocks=True)],
+                         ids=["scan", "scan-remat", "unrolled-remat"])
+def test_blocks_as_a_loop_or_rematerialised_equal_the_unrolled_blocks_with_gradients(second):
     cfg = dict(tiny.get_config().model.generator.to_dict(), n_blocks=2)
     unrolled = build_generator(dict(cfg, block_loop="unrolled"), platform="cpu")
-    scanned = build_generator(dict(cfg, block_loop="scan"), platform="cpu")
+    scanned = build_generator(dict(cfg, **second), platform="cpu")
     x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 4))
     variables = unrolled.init(jax.random.key(1), x, train=False)
 

@@ -58,8 +58,13 @@ def lama_config() -> ml_collections.ConfigDict:
         generator=dict(ngf=64, n_downsampling=3, n_blocks=18, ratio=0.75, enable_lfu=False,
                        # How the program is built per platform (lama_jax/models/platform.py), same
                        # arithmetic either way: "auto" | "unrolled" | "scan", "auto" | "fft" | "dft".
-                       block_loop="auto", fft_impl="auto"),
-        discriminator=dict(ndf=64, n_layers=4),
+                       block_loop="auto", fft_impl="auto",
+                       # Recompute each residual block's forward in the backward pass: activation
+                       # memory for one more forward of the blocks (README, "Before renting a chip").
+                       remat_blocks=False),
+        # stride2_input_grad: "auto" | "xla" | "phases", how TPU programs differentiate its stride-2
+        # convolutions (lama_jax/models/platform.py); the same arithmetic either way.
+        discriminator=dict(ndf=64, n_layers=4, stride2_input_grad="auto"),
     ))
 
     # LaMa's big-lama.yaml `losses:` (docs/parity.md, "Losses"); a zero weight skips the term entirely.

@@ -20,7 +20,7 @@ def compute_dtype(name: str):
 def build_generator(cfg, *, bn_groups: int = 1, dtype: str = "float32", fft_impl: Optional[str] = None,
                     platform: Optional[str] = None) -> FFCResNetGenerator:
     """`cfg`: a mapping with ngf, n_downsampling, n_blocks, ratio, enable_lfu (config.model.generator),
-    optionally block_loop and fft_impl (default "auto").
+    optionally block_loop and fft_impl (default "auto") and remat_blocks (default False).
 
     The program choices ("auto" ones) are resolved for `platform` (a device platform such as "cpu",
     "cuda", "tpu"; default: JAX's default backend), see `lama_jax.models.platform`. `fft_impl`
@@ -31,13 +31,19 @@ def build_generator(cfg, *, bn_groups: int = 1, dtype: str = "float32", fft_impl
         ratio=cfg["ratio"], enable_lfu=cfg["enable_lfu"], bn_groups=bn_groups, dtype=compute_dtype(dtype),
         fft_impl=platform_choices.fft_impl(fft_impl or cfg.get("fft_impl", "auto"), platform),
         unroll_blocks=platform_choices.unroll_blocks(cfg.get("block_loop", "auto"), platform),
+        remat_blocks=platform_choices.remat_blocks(cfg.get("remat_blocks", False)),
     )
 
 
-def build_discriminator(cfg, *, bn_groups: int = 1, dtype: str = "float32") -> NLayerDiscriminator:
-    """`cfg`: a mapping with ndf and n_layers (config.model.discriminator)."""
-    return NLayerDiscriminator(ndf=cfg["ndf"], n_layers=cfg["n_layers"], bn_groups=bn_groups,
-                               dtype=compute_dtype(dtype))
+def build_discriminator(cfg, *, bn_groups: int = 1, dtype: str = "float32",
+                        device_kind: Optional[str] = None) -> NLayerDiscriminator:
+    """`cfg`: a mapping with ndf and n_layers (config.model.discriminator), optionally
+    stride2_input_grad (default "auto", resolved for `device_kind`, e.g. "TPU v4"; see
+    `lama_jax.models.platform`)."""
+    return NLayerDiscriminator(
+        ndf=cfg["ndf"], n_layers=cfg["n_layers"], bn_groups=bn_groups, dtype=compute_dtype(dtype),
+        tpu_phase_input_grad=platform_choices.tpu_phase_input_grad(cfg.get("stride2_input_grad", "auto"),
+                                                                   device_kind))
 
 
 __all__ = [

@@ -22,11 +22,13 @@ class NLayerDiscriminator(nn.Module):
     n_layers: int = 4
     bn_groups: int = 1
     dtype: Dtype = jnp.float32
+    tpu_phase_input_grad: bool = False  # stride-2 input gradients by phases in TPU programs (layers.conv2d)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> Tuple[jax.Array, List[jax.Array]]:
         def conv(features, strides, index):
-            return Conv2d(features, 4, strides, padding=2, use_bias=True, dtype=self.dtype, name=f"conv{index}")
+            return Conv2d(features, 4, strides, padding=2, use_bias=True, dtype=self.dtype,
+                          tpu_phase_input_grad=self.tpu_phase_input_grad, name=f"conv{index}")
 
         features = []
         y = leaky_relu(conv(self.ndf, 2, 0)(x))

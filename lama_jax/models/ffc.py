@@ -227,6 +227,7 @@ class FFCResNetGenerator(nn.Module):
     dtype: Dtype = jnp.float32
     fft_impl: str = "fft"
     unroll_blocks: bool = True
+    remat_blocks: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool, *, stage: str = "full"):
@@ -253,8 +254,11 @@ class FFCResNetGenerator(nn.Module):
         block = FFCResnetBlock(bottleneck, self.ratio, self.enable_lfu, name="blocks", **common)
         # Scanned: the blocks' parameters are stacked and one block is traced. Unrolled or run as a
         # loop per platform (lama_jax.models.platform): the same arithmetic either way.
+        # Rematerialised, a block keeps only its input for the backward pass and runs its forward
+        # again there: the activations of one block in memory instead of all of them.
+        apply_block = lambda module, carry, _: (module(carry, train), None)  # noqa: E731
         run_blocks = nn.scan(
-            lambda module, carry, _: (module(carry, train), None),
+            nn.remat(apply_block) if self.remat_blocks else apply_block,
             variable_axes={"params": 0, "batch_stats": 0},
             split_rngs={"params": True},
             length=self.n_blocks,

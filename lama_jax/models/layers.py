@@ -58,7 +58,7 @@ Padding = Tuple[Tuple[int, int], Tuple[int, int]]
 # the 4-channel 7x7 stem). Stride-2 gradients
 # run as stride-1 ones on a space-to-depth input. Results equal XLA's up to
 # float rounding (tests/test_layers.py). Other backends use XLA's own
-# convolutions.
+# convolutions, with one exception on some TPUs (`_tpu_stride2_pullback`).
 
 
 def _xla_conv(x: jax.Array, kernel: jax.Array, strides: int, padding: Padding) -> jax.Array:
@@ -168,15 +168,16 @@ _odd_conv_stride2.defvjp(_odd_conv_stride2_fwd, _odd_conv_stride2_bwd)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, strides: int = 1, padding: Padding = ((0, 0), (0, 0)),
-           dilation: int = 1) -> jax.Array:
+           dilation: int = 1, tpu_phase_input_grad: bool = False) -> jax.Array:
     """NHWC/HWIO convolution with zero `padding`; on CPU with fast gradients (see above).
 
     The path is chosen per platform when the program is lowered, so an artifact
-    exported for several platforms carries each its own.
+    exported for several platforms carries each its own. `tpu_phase_input_grad`: in
+    TPU programs, a stride-2 input gradient by phases (`_tpu_stride2_pullback`).
     """
     if dilation != 1 or strides not in (1, 2):
         return _xla_default_conv(x, kernel, strides, padding, dilation)
-    return _per_platform_conv(x, kernel, strides, padding)
+    return _per_platform_conv(x, kernel, strides, padding, tpu_phase_input_grad and strides == 2)
 
 
 def _xla_default_conv(x, kernel, strides, padding, dilation=1):
@@ -186,23 +187,63 @@ def _xla_default_conv(x, kernel, strides, padding, dilation=1):
 
 # Differentiating `platform_dependent` itself (a switch) made XLA:CPU's gradients 10x slower;
 # behind a custom VJP each direction is a switch of its own, resolved when lowered.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _per_platform_conv(x, kernel, strides, padding):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _per_platform_conv(x, kernel, strides, padding, tpu_phase_input_grad):
     return jax.lax.platform_dependent(x, kernel, cpu=functools.partial(_cpu_conv, strides=strides, padding=padding),
                                       default=functools.partial(_xla_default_conv, strides=strides, padding=padding))
 
 
-def _per_platform_conv_fwd(x, kernel, strides, padding):
-    return _per_platform_conv(x, kernel, strides, padding), (x, kernel)
+def _per_platform_conv_fwd(x, kernel, strides, padding, tpu_phase_input_grad):
+    return _per_platform_conv(x, kernel, strides, padding, tpu_phase_input_grad), (x, kernel)
 
 
-def _per_platform_conv_bwd(strides, padding, residuals, dy):
+def _per_platform_conv_bwd(strides, padding, tpu_phase_input_grad, residuals, dy):
     def pullback(conv):
         def apply(x, kernel, dy):
             return jax.vjp(functools.partial(conv, strides=strides, padding=padding), x, kernel)[1](dy)
         return apply
 
-    return jax.lax.platform_dependent(*residuals, dy, cpu=pullback(_cpu_conv), default=pullback(_xla_default_conv))
+    tpu = {"tpu": functools.partial(_tpu_stride2_pullback, padding)} if tpu_phase_input_grad else {}
+    return jax.lax.platform_dependent(*residuals, dy, cpu=pullback(_cpu_conv), default=pullback(_xla_default_conv),
+                                      **tpu)
+
+
+# TPU, where asked (the discriminator on the chips of `platform.TPU_PHASE_INPUT_GRAD`): the input
+# gradient of a stride-2 convolution by phases. XLA writes it as an input-dilated convolution, and
+# R1's double backward through the discriminator takes that one's kernel gradient, which aborts
+# the TPU v4 and v5p compilers (libtpu 0.0.50.1: "Check failed: (window.base_bounds[i] +
+# window.pad_high[i]) % window.strides[i] == 0" in ReverseInput). Four stride-1 convolutions, one
+# per output phase, are the same sums without the inserted zeros, and their derivatives are
+# stride-1 convolutions again. Not the default: v5e's compiler gives the phases twice the HBM traffic.
+def _tpu_stride2_pullback(padding, x, kernel, dy):
+    _, kernel_pullback = jax.vjp(lambda k: _xla_default_conv(x, k, 2, padding), kernel)
+    (dkernel,) = kernel_pullback(dy)
+    return _stride2_input_gradient(dy, kernel, padding, x.shape), dkernel
+
+
+def _stride2_input_gradient(dy, kernel, padding, input_shape):
+    """A stride-2 conv's input gradient as four stride-1 convs, one per phase, interleaved.
+
+    Padded input row 2m + r meets kernel rows r, r + 2, ... at output rows m, m - 1, ...: a
+    stride-1 convolution of dy with those kernel rows, flipped (likewise for columns).
+    """
+    batch, height, width, cin = input_shape
+    (top, bottom), (left, right) = padding
+    rows, cols = -(-(height + top + bottom) // 2), -(-(width + left + right) // 2)
+    phases = []
+    for r in (0, 1):
+        for c in (0, 1):
+            sub = kernel[r::2, c::2]
+            th, tw = sub.shape[:2]
+            if not th or not tw:
+                phases.append(jnp.zeros((batch, rows, cols, cin), dy.dtype))
+                continue
+            phases.append(jax.lax.conv_general_dilated(
+                dy, jnp.flip(sub, (0, 1)).swapaxes(2, 3), (1, 1),
+                ((th - 1, rows - dy.shape[1]), (tw - 1, cols - dy.shape[2])), dimension_numbers=_NHWC))
+    dx = jnp.stack(phases).reshape(2, 2, batch, rows, cols, cin).transpose(2, 3, 0, 4, 1, 5)
+    dx = dx.reshape(batch, 2 * rows, 2 * cols, cin)
+    return dx[:, top:top + height, left:left + width]
 
 
 _per_platform_conv.defvjp(_per_platform_conv_fwd, _per_platform_conv_bwd)
@@ -234,6 +275,7 @@ class Conv2d(nn.Module):
     padding_mode: str = "zeros"
     use_bias: bool = False
     dtype: Dtype = jnp.float32
+    tpu_phase_input_grad: bool = False  # see conv2d
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -248,7 +290,8 @@ class Conv2d(nn.Module):
             conv_padding = ((p, p), (p, p))
         else:
             raise ValueError(f"Conv2d: unknown padding_mode {self.padding_mode!r}")
-        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, conv_padding, self.dilation)
+        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, conv_padding, self.dilation,
+                   self.tpu_phase_input_grad)
         if self.use_bias:
             bias = self.param("bias", _torch_bias_init(in_features * k * k), (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)

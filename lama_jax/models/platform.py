@@ -10,6 +10,12 @@ same either way (both variants are parity-tested), only what the compiler is giv
   GPU has not been measured yet and keeps the unrolled blocks.
 - **Fourier units: XLA's FFT or DFT matrix products** (`models.dft`). See `FFT_IMPL` below and
   `benchmarks/fourier_unit.py`, which measures both per platform.
+
+- **The discriminator's stride-2 input gradients** (`stride2_input_grad`): XLA's, or by phases on
+  the TPU chips whose compiler needs it (`TPU_PHASE_INPUT_GRAD`), chosen by device kind.
+
+`remat_blocks` (off unless configured, any platform) is a program choice of the same kind: the
+blocks' forward runs again in the backward pass instead of keeping their activations.
 """
 
 from __future__ import annotations
@@ -31,7 +37,13 @@ FFT_IMPL = {"cpu": "fft", "gpu": "fft", "tpu": "dft"}
 BLOCK_LOOP_CHOICES = ("auto", "unrolled", "scan")
 # Keys of config.model.generator that choose how the program is built, not what it computes: a
 # checkpoint made with other values (or before they existed) holds the same network.
-PROGRAM_KEYS = ("block_loop", "fft_impl")
+# TPU chips (device kinds) whose compiler aborts on R1's double backward through XLA's stride-2
+# input gradient (libtpu 0.0.50.1, v4:2x2x1 and v5p:2x2x1; v5e and v6e compile it): their
+# discriminators take it by phases (layers._tpu_stride2_pullback). Elsewhere XLA's form: on v5e the
+# phases nearly double the discriminator step's HBM traffic (25.4 vs 14.1 GB per chip at 15 images).
+TPU_PHASE_INPUT_GRAD = ("TPU v4", "TPU v5")
+STRIDE2_INPUT_GRAD_CHOICES = ("auto", "xla", "phases")
+PROGRAM_KEYS = ("block_loop", "fft_impl", "remat_blocks", "stride2_input_grad")
 FFT_IMPL_CHOICES = ("auto", "fft", "dft")
 
 
@@ -62,3 +74,22 @@ def fft_impl(choice: str, platform: Optional[str] = None) -> str:
     if choice == "auto":
         return FFT_IMPL.get(backend(platform), "fft")
     return choice
+
+
+def remat_blocks(choice) -> bool:
+    """`choice` (config.model.generator.remat_blocks) checked: a bool, the same on every platform."""
+    if not isinstance(choice, bool):
+        raise ValueError(f"model.generator.remat_blocks = {choice!r}; expected True or False")
+    return choice
+
+
+def tpu_phase_input_grad(choice: str, device_kind: Optional[str] = None) -> bool:
+    """`choice` (config.model.discriminator.stride2_input_grad: "auto" | "xla" | "phases") resolved
+    for `device_kind` (a device's `.device_kind`): whether TPU programs take the stride-2 input
+    gradients by phases. ("phases" changes nothing in CPU and GPU programs.)"""
+    if choice not in STRIDE2_INPUT_GRAD_CHOICES:
+        raise ValueError(f"model.discriminator.stride2_input_grad = {choice!r}; expected one of "
+                         f"{STRIDE2_INPUT_GRAD_CHOICES}")
+    if choice == "auto":
+        return device_kind in TPU_PHASE_INPUT_GRAD
+    return choice == "phases"
