@@ -145,57 +145,6 @@ def _trip_count(while_line: str, condition: List[str]) -> Optional[int]:
     return None
 
 
-def collectives(hlo_text: str) -> Dict[str, Dict[str, int]]:
-    """{op: {"count", "executions", "bytes"}} of the collectives in optimised HLO text, per step.
-
-    `count` is the number of collective instructions (async start/done pairs counted once);
-    one inside a while loop runs once per iteration (on TPU the generator's blocks are a loop
-    and each block's gradient is all-reduced inside it), so `executions` and `bytes` (what one
-    device sends into the collectives per step) multiply by the trip count. A loop whose trip
-    count the HLO does not show counts once and is listed in `loops_of_unknown_trip_count`.
-    """
-    computations = _computations(hlo_text)
-    loops: Dict[str, tuple] = {}  # body -> (computation holding the while, iterations or None)
-    for name, lines in computations.items():
-        for line in lines:
-            match = _WHILE.search(line)
-            if match:
-                loops[match["body"]] = (name, _trip_count(line, computations.get(match["condition"], [])))
-
-    unknown = set()
-
-    def runs(name: str, depth: int = 0) -> int:
-        if name not in loops or depth > 32:
-            return 1
-        parent, iterations = loops[name]
-        if iterations is None:
-            unknown.add(name)
-        return (iterations or 1) * runs(parent, depth + 1)
-
-    found: Dict[str, Dict[str, int]] = {}
-    # The result shape is one array (`f32[8,128]{1,0:T(8,128)}`) or a tuple of them, as the
-    # collective combiners make; layouts may hold one level of parentheses.
-    shape = r"\((?:[^()]|\([^()]*\))*\)|\S+"
-    pattern = re.compile(r"=\s*(?P<shape>" + shape + r")\s+(?P<op>" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
-    for name, lines in computations.items():
-        for line in lines:
-            match = pattern.search(line)
-            if not match:
-                continue
-            shapes = re.findall(r"([a-z]+\d*)\[([\d,]*)\]", match["shape"])
-            size = sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
-                       for dtype, dims in shapes)
-            executions = runs(name)
-            entry = found.setdefault(match["op"], {"count": 0, "executions": 0, "bytes": 0})
-            entry["count"] += 1
-            entry["executions"] += executions
-            entry["bytes"] += size * executions
-    if unknown:
-        for entry in found.values():
-            entry["loops_of_unknown_trip_count"] = sorted(unknown)
-    return found
-
-
 _ARRAY_SHAPE = re.compile(r"([a-z]+\d*)\[([\d,]*)\]")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%(?P<name>[\w.\-]+)\s*=\s*(?P<shape>\((?:[^()]|\([^()]*\))*\)|"
                           r"[a-z]+\d*\[[\d,]*\](?:\{[^}]*\})?)\s+(?P<op>[\w\-]+)\((?P<operands>[^)]*)\)(?P<attrs>.*)$")
@@ -212,6 +161,68 @@ def _arrays(shape: str) -> List[tuple]:
 
 def _bytes(shape: str) -> int:
     return sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(dims) for dtype, dims in _arrays(shape))
+
+
+def _run_counts(computations: Dict[str, List[str]]):
+    """`runs(computation) -> (times it runs per step, loops of unknown trip count on the way)`: the
+    product of the trip counts of the while loops holding it, through fusions and calls."""
+    caller: Dict[str, str] = {}
+    loops: Dict[str, Optional[int]] = {}  # body -> iterations, None if the HLO does not show them
+    for name, lines in computations.items():
+        for line in lines:
+            match = _WHILE.search(line)
+            if match:
+                loops[match["body"]] = _trip_count(line, computations.get(match["condition"], []))
+            for callees in _CALLEES.finditer(line):
+                for callee in re.split(r",\s*", callees["names"]):
+                    caller.setdefault(callee.lstrip("%"), name)
+
+    def runs(name: Optional[str], depth: int = 0) -> tuple:
+        if not name or depth > 64:
+            return 1, set()
+        outer, unknown = runs(caller.get(name), depth + 1)
+        if name not in loops:
+            return outer, unknown
+        if loops[name] is None:
+            return outer, unknown | {name}
+        return loops[name] * outer, unknown
+
+    return runs
+
+
+def collectives(hlo_text: str) -> Dict[str, Dict[str, int]]:
+    """{op: {"count", "executions", "bytes"}} of the collectives in optimised HLO text, per step.
+
+    `count` is the number of collective instructions (async start/done pairs counted once);
+    one inside a while loop runs once per iteration (on TPU the generator's blocks are a loop
+    and each block's gradient is all-reduced inside it), so `executions` and `bytes` (what one
+    device sends into the collectives per step) multiply by the trip count. A loop whose trip
+    count the HLO does not show counts once and is listed in `loops_of_unknown_trip_count`.
+    """
+    computations = _computations(hlo_text)
+    runs = _run_counts(computations)
+    unknown = set()
+    found: Dict[str, Dict[str, int]] = {}
+    # The result shape is one array (`f32[8,128]{1,0:T(8,128)}`) or a tuple of them, as the
+    # collective combiners make; layouts may hold one level of parentheses.
+    shape = r"\((?:[^()]|\([^()]*\))*\)|\S+"
+    pattern = re.compile(r"=\s*(?P<shape>" + shape + r")\s+(?P<op>" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+    for name, lines in computations.items():
+        for line in lines:
+            match = pattern.search(line)
+            if not match:
+                continue
+            size = _bytes(match["shape"])
+            executions, unknown_loops = runs(name)
+            unknown |= unknown_loops
+            entry = found.setdefault(match["op"], {"count": 0, "executions": 0, "bytes": 0})
+            entry["count"] += 1
+            entry["executions"] += executions
+            entry["bytes"] += size * executions
+    if unknown:
+        for entry in found.values():
+            entry["loops_of_unknown_trip_count"] = sorted(unknown)
+    return found
 
 
 def _matmul_flops(op: str, shape: str, operand_shapes: List[str], attrs: str) -> int:
@@ -237,25 +248,11 @@ def loop_repeats(hlo_text: str) -> Dict[str, int]:
     FLOPs of every computation run inside loops (fusions included), and the operand and output
     bytes of the loop bodies' own instructions (nested loops multiply)."""
     computations = _computations(hlo_text)
-    caller: Dict[str, str] = {}
-    loops: Dict[str, int] = {}
-    for name, lines in computations.items():
-        for line in lines:
-            match = _WHILE.search(line)
-            if match:
-                loops[match["body"]] = _trip_count(line, computations.get(match["condition"], [])) or 1
-            for callees in _CALLEES.finditer(line):
-                for callee in re.split(r",\s*", callees["names"]):
-                    caller.setdefault(callee.lstrip("%"), name)
-
-    def runs(name: Optional[str], depth: int = 0) -> int:
-        if not name or depth > 64:
-            return 1
-        return loops.get(name, 1) * runs(caller.get(name), depth + 1)
-
+    runs = _run_counts(computations)
+    loop_bodies = {m["body"] for lines in computations.values() for m in map(_WHILE.search, lines) if m}
     flops = traffic = 0
     for name, lines in computations.items():
-        repeats = runs(name) - 1
+        repeats = runs(name)[0] - 1
         if repeats <= 0:
             continue
         instructions = [m for m in map(_INSTRUCTION.match, lines) if m]
@@ -263,7 +260,7 @@ def loop_repeats(hlo_text: str) -> Dict[str, int]:
         for m in instructions:
             operand_shapes = [shapes.get(n, "") for n in re.findall(r"%([\w.\-]+)", m["operands"])]
             flops += repeats * _matmul_flops(m["op"], m["shape"], operand_shapes, m["attrs"])
-            if name in loops and m["op"] not in _NO_TRAFFIC:
+            if name in loop_bodies and m["op"] not in _NO_TRAFFIC:
                 traffic += repeats * (_bytes(m["shape"]) + sum(map(_bytes, operand_shapes)))
     return {"flops": flops, "bytes": traffic}
 

@@ -208,3 +208,20 @@ def test_loop_repeats_add_what_xla_counts_once():
     dot_bytes = 4 * (2 * 8 * 8 * 16 + 16 * 4 + 2 * 8 * 8 * 4)
     assert repeats["bytes"] == 4 * (fusion_bytes + dot_bytes)
     assert aot.loop_repeats(CONV_LOOP_HLO.replace("while(", "call(")) == {"flops": 0, "bytes": 0}
+
+
+def test_tpu_flops_count_every_iteration_of_the_block_loop():
+    """TPU runs the generator's blocks as a loop, whose body XLA's cost analysis counts once: with
+    the repeats added, the loop program's FLOPs are the unrolled program's."""
+    def predict_flops(block_loop):
+        config = small_config()
+        with config.unlocked():
+            config.model.generator.block_loop = block_loop
+        report = aot.compile_report(config, aot.topology_devices("v5e:2x2"), per_device_batch=1, size=64,
+                                    programs=("predict",))
+        return report["predict"]
+
+    scanned, unrolled = predict_flops("scan"), predict_flops("unrolled")
+    assert scanned["loop_repeats_added"]["flops"] > 0 and unrolled["loop_repeats_added"] == {"flops": 0, "bytes": 0}
+    assert scanned["flops"] == pytest.approx(unrolled["flops"], rel=0.02)
+    assert scanned["bytes_accessed"] == pytest.approx(unrolled["bytes_accessed"], rel=0.1)

@@ -38,13 +38,17 @@ def test_conv2d_values_and_gradients_equal_xla(size, strides, padding, cin, cout
     def objective(conv):
         return lambda x, kernel: jnp.sum(conv(x, kernel, strides, padding) * probe)
 
-    ours, expected = objective(layers.conv2d), objective(reference_conv)
     np.testing.assert_allclose(layers.conv2d(x, kernel, strides, padding), reference_conv(x, kernel, strides, padding),
                                rtol=1e-5, atol=1e-4)
+    assert_gradients_and_r1_equal(objective(layers.conv2d), objective(reference_conv), x, kernel)
+
+
+def assert_gradients_and_r1_equal(ours, expected, x, kernel):
+    """Both gradients of two objectives f(x, kernel), and R1's shape: the squared input gradient,
+    differentiated with respect to the kernel."""
     for got, want in zip(jax.grad(ours, (0, 1))(x, kernel), jax.grad(expected, (0, 1))(x, kernel)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
 
-    # R1's shape: the squared input gradient, differentiated with respect to the kernel.
     def penalty(objective):
         return lambda kernel: jnp.sum(jax.grad(objective)(x, kernel) ** 2)
 
@@ -103,15 +107,8 @@ def test_tpu_stride2_gradient_equals_xla_to_second_order(size, padding, height, 
     def objective(conv):
         return lambda x, kernel: jnp.sum(jax.nn.leaky_relu(conv(x, kernel), 0.2) * probe)
 
-    ours, expected = objective(tpu_conv), objective(lambda x, k: reference_conv(x, k, 2, padding))
-    for got, want in zip(jax.grad(ours, (0, 1))(x, kernel), jax.grad(expected, (0, 1))(x, kernel)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
-
-    def penalty(objective):
-        return lambda kernel: jnp.sum(jax.grad(objective)(x, kernel) ** 2)
-
-    np.testing.assert_allclose(jax.grad(penalty(ours))(kernel), jax.grad(penalty(expected))(kernel),
-                               rtol=1e-4, atol=1e-2)
+    assert_gradients_and_r1_equal(objective(tpu_conv), objective(lambda x, k: reference_conv(x, k, 2, padding)),
+                                  x, kernel)
 
 
 def test_tpu_phase_input_grad_takes_no_input_dilated_convolution_into_r1():
