@@ -210,18 +210,97 @@ def test_loop_repeats_add_what_xla_counts_once():
     assert aot.loop_repeats(CONV_LOOP_HLO.replace("while(", "call(")) == {"flops": 0, "bytes": 0}
 
 
-def test_tpu_flops_count_every_iteration_of_the_block_loop():
+SCAN_BODY_HLO = """
+%slice_weight (param_0: f32[4,3,3,8,128], param_1: s32[]) -> f32[3,3,8,128] {
+  %param_0 = f32[4,3,3,8,128]{4,3,2,1,0:T(8,128)} parameter(0)
+  %param_1 = s32[]{:T(128)} parameter(1)
+  %zero = s32[]{:T(128)} constant(0)
+  %ds = f32[1,3,3,8,128]{4,3,2,1,0:T(8,128)} dynamic-slice(%param_0, %param_1, %zero, %zero, %zero, %zero), dynamic_slice_sizes={1,3,3,8,128}
+  ROOT %kernel = f32[3,3,8,128]{3,2,1,0:T(8,128)} bitcast(%ds)
+}
+
+%conv_with_weight (param_0: f32[2,8,8,8], param_1: f32[4,3,3,8,128], param_2: s32[]) -> f32[2,8,8,128] {
+  %param_0 = f32[2,8,8,8]{3,2,1,0:T(8,128)} parameter(0)
+  %param_1 = f32[4,3,3,8,128]{4,3,2,1,0:T(8,128)} parameter(1)
+  %param_2 = s32[]{:T(128)} parameter(2)
+  %w = f32[3,3,8,128]{3,2,1,0:T(8,128)} fusion(%param_1, %param_2), kind=kLoop, calls=%slice_weight
+  ROOT %conv = f32[2,8,8,128]{3,2,1,0:T(8,128)} convolution(%param_0, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+}
+
+%save_activation (param_0: f32[4,2,8,8,128], param_1: f32[2,8,8,128], param_2: s32[]) -> f32[4,2,8,8,128] {
+  %param_0 = f32[4,2,8,8,128]{4,3,2,1,0:T(8,128)} parameter(0)
+  %param_1 = f32[2,8,8,128]{3,2,1,0:T(8,128)} parameter(1)
+  %param_2 = s32[]{:T(128)} parameter(2)
+  %zero = s32[]{:T(128)} constant(0)
+  %update = f32[1,2,8,8,128]{4,3,2,1,0:T(8,128)} bitcast(%param_1)
+  ROOT %dus = f32[4,2,8,8,128]{4,3,2,1,0:T(8,128)} dynamic-update-slice(%param_0, %update, %param_2, %zero, %zero, %zero, %zero)
+}
+
+%body (p: (s32[], f32[2,8,8,8], f32[4,3,3,8,128], f32[4,2,8,8,128])) -> (s32[], f32[2,8,8,8], f32[4,3,3,8,128], f32[4,2,8,8,128]) {
+  %p = (s32[], f32[2,8,8,8]{3,2,1,0:T(8,128)}, f32[4,3,3,8,128]{4,3,2,1,0:T(8,128)}, f32[4,2,8,8,128]{4,3,2,1,0:T(8,128)}) parameter(0)
+  %i = s32[]{:T(128)} get-tuple-element(%p), index=0
+  %x = f32[2,8,8,8]{3,2,1,0:T(8,128)} get-tuple-element(%p), index=1
+  %weights = f32[4,3,3,8,128]{4,3,2,1,0:T(8,128)} get-tuple-element(%p), index=2
+  %saved = f32[4,2,8,8,128]{4,3,2,1,0:T(8,128)} get-tuple-element(%p), index=3
+  %y = f32[2,8,8,128]{3,2,1,0:T(8,128)} fusion(%x, %weights, %i), kind=kOutput, calls=%conv_with_weight
+  %saved.1 = f32[4,2,8,8,128]{4,3,2,1,0:T(8,128)} fusion(%saved, %y, %i), kind=kLoop, calls=%save_activation
+  ROOT %t = (s32[], f32[2,8,8,8]{3,2,1,0:T(8,128)}, f32[4,3,3,8,128]{4,3,2,1,0:T(8,128)}, f32[4,2,8,8,128]{4,3,2,1,0:T(8,128)}) tuple(%i, %x, %weights, %saved.1)
+}
+
+ENTRY %main (a: f32[2,8,8,8]) -> f32[4,2,8,8,128] {
+  %while.1 = (s32[], f32[2,8,8,8]{3,2,1,0:T(8,128)}, f32[4,3,3,8,128]{4,3,2,1,0:T(8,128)}, f32[4,2,8,8,128]{4,3,2,1,0:T(8,128)}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"4"}}
+}
+"""
+
+
+def test_loop_bytes_count_slices_of_stacked_buffers_and_tile_padding():
+    """A scan's body reads one block's slice of the stacked weights and writes one block's slice of
+    the saved activations; a TPU tile pads the minor dimensions (8 channels to 128 here)."""
+    assert aot._tiled_bytes("f32[2,8,8,8]{3,2,1,0:T(8,128)}") == 4 * 2 * 8 * 8 * 128
+    assert aot._tiled_bytes("f32[1,4,4,16]{3,0,2,1:T(1,128)S(1)}") == 4 * 4 * 4 * 128
+    assert aot._tiled_bytes("(f32[48]{0:T(128)}, bf16[3,5]{1,0})") == 4 * 128 + 2 * 15
+    repeats = aot.loop_repeats(SCAN_BODY_HLO)
+    assert repeats["flops"] == 3 * 2 * (2 * 8 * 8 * 128) * 9 * 8
+    x = 4 * 2 * 8 * 8 * 128  # f32[2,8,8,8] padded to 128 channels
+    kernel_slice = 4 * 3 * 3 * 8 * 128
+    activation = 4 * 2 * 8 * 8 * 128
+    index = 4
+    conv_fusion = x + kernel_slice + index + activation
+    save_fusion = activation + index + activation  # reads the update; writes it in place
+    assert repeats["bytes"] == 3 * (conv_fusion + save_fusion)
+
+
+def _compiled_predict(config, devices):
+    from lama_jax import train_checkpoint, train_step  # pylint: disable=g-import-not-at-top
+    mesh = train_step.make_mesh(devices)
+    with config.unlocked():
+        config.batch_size = len(devices)
+    state = train_checkpoint.abstract_train_state(config, mesh)
+    batch = aot.abstract_batch(mesh, len(devices), 64)
+    compiled = train_step.make_predict_fn(config, mesh).lower(state["generator"], batch).compile()
+    return compiled, aot.describe_compiled(compiled, device_kind=devices[0].device_kind,
+                                           batch_per_step=len(devices))
+
+
+def test_tpu_flops_and_bytes_count_every_iteration_of_the_block_loop():
     """TPU runs the generator's blocks as a loop, whose body XLA's cost analysis counts once: with
-    the repeats added, the loop program's FLOPs are the unrolled program's."""
-    def predict_flops(block_loop):
+    the repeats added, the loop program's FLOPs are the unrolled program's. The byte model that
+    counts the repeats gives XLA's own bytes for the whole unrolled program."""
+    devices = aot.topology_devices("v5e:2x2")
+    reports = {}
+    for block_loop in ("scan", "unrolled"):
         config = small_config()
         with config.unlocked():
             config.model.generator.block_loop = block_loop
-        report = aot.compile_report(config, aot.topology_devices("v5e:2x2"), per_device_batch=1, size=64,
-                                    programs=("predict",))
-        return report["predict"]
-
-    scanned, unrolled = predict_flops("scan"), predict_flops("unrolled")
+        compiled, reports[block_loop] = _compiled_predict(config, devices)
+    scanned, unrolled = reports["scan"], reports["unrolled"]
     assert scanned["loop_repeats_added"]["flops"] > 0 and unrolled["loop_repeats_added"] == {"flops": 0, "bytes": 0}
     assert scanned["flops"] == pytest.approx(unrolled["flops"], rel=0.02)
     assert scanned["bytes_accessed"] == pytest.approx(unrolled["bytes_accessed"], rel=0.1)
+    hlo = compiled.as_text()  # the unrolled program
+    computations = aot._computations(hlo)
+    entry = next(line.split()[1].lstrip("%") for line in hlo.splitlines() if line.startswith("ENTRY"))
+    traffic = aot._Traffic(computations)
+    modelled = sum(traffic.moved(entry, name) for name, ins in traffic.instructions(entry).items()
+                   if ins["op"] not in aot._NO_TRAFFIC)
+    assert modelled == pytest.approx(unrolled["bytes_accessed"], rel=0.05)
