@@ -444,7 +444,8 @@ def compile_report(config, devices: Sequence[Any], *, per_device_batch: int, siz
         platform=devices[0].platform, device_kind=device_kind, device_count=num_devices,
         global_batch=global_batch, per_device_batch=per_device_batch, size=size,
         compute_dtype=config.train.compute_dtype, step_mode=config.train.step_mode,
-        batch_norm=config.train.batch_norm, jax_version=jax.__version__)
+        batch_norm=config.train.batch_norm, remat_blocks=bool(config.model.generator.get("remat_blocks", False)),
+        jax_version=jax.__version__)
     batch = abstract_batch(mesh, global_batch, size)
     state = train_checkpoint.abstract_train_state(config, mesh)
     if "train_step" in programs:
@@ -502,7 +503,22 @@ def format_report(report: Dict[str, Any]) -> str:
             r = report[program]
             lines.append(f"{program}: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s")
             lines.extend("  " + part for part in format_program_report(r).split("; "))
+            if r.get("fits") is False:
+                lines.append("  " + _memory_options(report))
     return "\n".join(lines)
+
+
+def _memory_options(report: Dict[str, Any]) -> str:
+    """What lowers a program's memory that `report`'s run does not use yet."""
+    options = []
+    if not report.get("remat_blocks"):
+        options.append("--config.model.generator.remat_blocks=True (recompute the generator blocks' "
+                       "activations in the backward pass)")
+    if report.get("compute_dtype") == "float32":
+        options.append("--config.train.compute_dtype=bfloat16")
+    if report["per_device_batch"] > 1:
+        options.append("a smaller --per-device-batch")
+    return "to fit, try: " + "; or ".join(options or ["a chip with more memory"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -103,6 +103,23 @@ def test_local_topology_on_eight_cpu_devices():
     assert "8 x cpu" in text and "capacity unknown" in text and "all-reduce x" in text
 
 
+def test_a_program_that_does_not_fit_gets_the_options_left():
+    program = dict(lower_s=6.0, compile_s=286.0, memory_capacity_bytes=16 * aot.GIB, fits=False, flops=1e13,
+                   memory_bytes=dict(total=21e9, arguments=1e9, outputs=1e9, temporaries=20e9, aliases=1e9),
+                   collectives={})
+    report = dict(device_count=4, device_kind="TPU v5 lite", platform="tpu", jax_version=jax.__version__,
+                  global_batch=60, per_device_batch=15, size=256, compute_dtype="float32", step_mode="reference",
+                  remat_blocks=False, train_step=program)
+    text = aot.format_report(report)
+    assert "DOES NOT FIT in 16.00 GiB" in text
+    assert ("to fit, try: --config.model.generator.remat_blocks=True" in text
+            and "--config.train.compute_dtype=bfloat16" in text and "a smaller --per-device-batch" in text)
+    report.update(remat_blocks=True, compute_dtype="bfloat16", per_device_batch=1, global_batch=4)
+    assert aot.format_report(report).endswith("to fit, try: a chip with more memory")
+    program["fits"] = True
+    assert "to fit" not in aot.format_report(report)
+
+
 @pytest.mark.slow
 def test_local_topology_with_global_batch_norm():
     report = aot.compile_report(small_config(batch_norm="global"), aot.topology_devices("local"),
