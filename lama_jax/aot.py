@@ -271,7 +271,7 @@ class _Traffic:
         for name, lines in computations.items():
             parsed = {}
             for m in filter(None, map(_INSTRUCTION.match, lines)):
-                parsed[m["name"]] = dict(op=m["op"], shape=m["shape"], attrs=m["attrs"], root="ROOT" in m[0][:12],
+                parsed[m["name"]] = dict(op=m["op"], shape=m["shape"], attrs=m["attrs"], root=m[0].lstrip().startswith("ROOT"),
                                          operands=re.findall(r"%([\w.\-]+)", m["operands"]),
                                          parameter=int(m["operands"]) if m["op"] == "parameter" else None)
             self._instructions[name] = parsed
@@ -307,9 +307,10 @@ class _Traffic:
         param = next((n for n, i in table.items() if i["parameter"] == index), None)
         if param is None or depth > 16:
             return _tiled_bytes(shape)
-        return min(_tiled_bytes(shape), self._use(table, fused, param, depth))
+        return min(_tiled_bytes(shape), self._use(table, param, depth))
 
-    def _use(self, table, fused: str, value: str, depth: int) -> int:
+    def _use(self, table: Dict[str, Dict[str, Any]], value: str, depth: int) -> int:
+        """Bytes of `value` (of a fused computation `table`) that its users read."""
         total = 0
         for user_name, user in table.items():
             if value not in user["operands"]:
@@ -320,7 +321,7 @@ class _Traffic:
             elif user["op"] == "dynamic-update-slice" and position == 0:
                 pass  # updated in place: the write is counted with the fusion's output
             elif user["op"] == "bitcast":
-                total += self._use(table, fused, user_name, depth)
+                total += self._use(table, user_name, depth)
             elif user["op"] == "fusion":
                 total += self._read(self._callee(user), position, table[value]["shape"], depth + 1)
             else:
