@@ -45,9 +45,7 @@ _JSON = flags.DEFINE_bool("json", False, "One JSON object.")
 
 def part_functions(config, mesh):
     """{part: (function, takes_fake)}: each part's function of (state, batch[, fake])."""
-    steps = train_step.LamaSteps.from_config(config, bn_groups=train_step._bn_groups(config, mesh),  # pylint: disable=protected-access
-                                             platform=train_step.mesh_platform(mesh),
-                                             device_kind=train_step.mesh_device_kind(mesh))
+    steps = train_step.steps_for_mesh(config, mesh)
     rngs = lambda state: {"dropout": jax.random.wrap_key_data(state["rng"])}  # noqa: E731
 
     def hrf(state, batch):

@@ -145,7 +145,6 @@ def _trip_count(while_line: str, condition: List[str]) -> Optional[int]:
     return None
 
 
-_ARRAY_SHAPE = re.compile(r"([a-z]+\d*)\[([\d,]*)\]")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%(?P<name>[\w.\-]+)\s*=\s*(?P<shape>\((?:[^()]|\([^()]*\))*\)|"
                           r"[a-z]+\d*\[[\d,]*\](?:\{[^}]*\})?)\s+(?P<op>[\w\-]+)\((?P<operands>[^)]*)\)(?P<attrs>.*)$")
 _CALLEES = re.compile(r"\b(?:calls|to_apply|body|condition|branch_computations)=\{?"
@@ -155,29 +154,33 @@ _NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast",
                "partition-id", "replica-id", "opt-barrier"}
 
 
-def _arrays(shape: str) -> List[tuple]:
-    return [(dtype, tuple(int(d) for d in dims.split(",") if d)) for dtype, dims in _ARRAY_SHAPE.findall(shape)]
+# One array of an HLO shape: dtype, dimensions and, where shown, its layout's minor-to-major
+# order and first tile (`f32[2,8]{1,0:T(8,128)}`).
+_ARRAY = re.compile(r"([a-z]+\d*)\[([\d,]*)\](?:\{([\d,]*)(?::[^}]*?T\(([\d,]+)\))?[^}]*\})?")
 
 
-def _bytes(shape: str) -> int:
-    return sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(dims) for dtype, dims in _arrays(shape))
-
-
-_LAID_OUT_ARRAY = re.compile(r"([a-z]+\d*)\[([\d,]*)\](?:\{([\d,]*)(?::[^}]*?T\(([\d,]+)\))?[^}]*\})?")
-
-
-def _tiled_bytes(shape: str) -> int:
-    """Bytes of `shape` as laid out in memory: a TPU layout's tile (`{3,2,1,0:T(8,128)}`) pads the
-    most-minor dimensions to its multiples, as XLA's cost analysis counts them."""
-    total = 0
-    for dtype, dims, minor_to_major, tile in _LAID_OUT_ARRAY.findall(shape):
+def _arrays(shape: str, tiled: bool = False) -> List[tuple]:
+    """[(dtype, dimensions)] of `shape`; `tiled`: each dimension padded as its TPU tile lays it out
+    in memory (`T(8,128)` pads the two most-minor dimensions to multiples of 8 and 128)."""
+    arrays = []
+    for dtype, dims, minor_to_major, tile in _ARRAY.findall(shape):
         sizes = [int(d) for d in dims.split(",") if d]
-        if tile and minor_to_major:
+        if tiled and tile and minor_to_major:
             order = [int(d) for d in minor_to_major.split(",")]
             for dim, multiple in zip(order, reversed([int(t) for t in tile.split(",")])):
                 sizes[dim] = -(-sizes[dim] // multiple) * multiple
-        total += _DTYPE_BYTES.get(dtype, 4) * math.prod(sizes)
-    return total
+        arrays.append((dtype, tuple(sizes)))
+    return arrays
+
+
+def _bytes(shape: str) -> int:
+    """Bytes of the data in `shape` (what a collective sends)."""
+    return sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(dims) for dtype, dims in _arrays(shape))
+
+
+def _tiled_bytes(shape: str) -> int:
+    """Bytes of `shape` as laid out in memory, as XLA's cost analysis counts them."""
+    return sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(dims) for dtype, dims in _arrays(shape, tiled=True))
 
 
 def _run_counts(computations: Dict[str, List[str]]):
@@ -425,9 +428,10 @@ def _timed_compile(jitted, *args) -> tuple:
     return compiled, lowered_at - started, time.perf_counter() - lowered_at
 
 
-def compile_report(config, devices: Sequence[Any], *, per_device_batch: int, size: int = 256,
-                   programs: Sequence[str] = ("train_step", "predict")) -> Dict[str, Any]:
-    """Compiles `programs` of `config` for `devices` (abstract inputs only) and reports on each."""
+def compile_programs(config, devices: Sequence[Any], *, per_device_batch: int, size: int = 256,
+                     programs: Sequence[str] = ("train_step", "predict")) -> Dict[str, tuple]:
+    """{program: (compiled, lower_s, compile_s)} for `programs` of `config` on a data-parallel mesh
+    over `devices`, from abstract inputs only."""
     from lama_jax import train_checkpoint, train_step  # pylint: disable=g-import-not-at-top
 
     if per_device_batch < 1:
@@ -435,30 +439,36 @@ def compile_report(config, devices: Sequence[Any], *, per_device_batch: int, siz
     if size < 16 or size % 8:
         raise AotError(f"--size must be a multiple of 8 and at least 16, got {size}")
     mesh = train_step.make_mesh(devices)
-    num_devices = len(devices)
-    global_batch = per_device_batch * num_devices
+    global_batch = per_device_batch * len(devices)
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.batch_size = global_batch
+    batch = abstract_batch(mesh, global_batch, size)
+    state = train_checkpoint.abstract_train_state(config, mesh)
+    compiled = {}
+    if "train_step" in programs:
+        compiled["train_step"] = _timed_compile(train_step.make_train_step(config, mesh), state, batch)
+    if "predict" in programs:
+        compiled["predict"] = _timed_compile(train_step.make_predict_fn(config, mesh), state["generator"], batch)
+    return compiled
+
+
+def compile_report(config, devices: Sequence[Any], *, per_device_batch: int, size: int = 256,
+                   programs: Sequence[str] = ("train_step", "predict")) -> Dict[str, Any]:
+    """Compiles `programs` of `config` for `devices` (abstract inputs only) and reports on each."""
+    compiled = compile_programs(config, devices, per_device_batch=per_device_batch, size=size, programs=programs)
+    global_batch = per_device_batch * len(devices)
     device_kind = devices[0].device_kind
     report: Dict[str, Any] = dict(
-        platform=devices[0].platform, device_kind=device_kind, device_count=num_devices,
+        platform=devices[0].platform, device_kind=device_kind, device_count=len(devices),
         global_batch=global_batch, per_device_batch=per_device_batch, size=size,
         compute_dtype=config.train.compute_dtype, step_mode=config.train.step_mode,
         batch_norm=config.train.batch_norm, remat_blocks=bool(config.model.generator.get("remat_blocks", False)),
         jax_version=jax.__version__)
-    batch = abstract_batch(mesh, global_batch, size)
-    state = train_checkpoint.abstract_train_state(config, mesh)
-    if "train_step" in programs:
-        compiled, lower_s, compile_s = _timed_compile(train_step.make_train_step(config, mesh), state, batch)
-        report["train_step"] = dict(lower_s=lower_s, compile_s=compile_s,
-                                    **describe_compiled(compiled, device_kind=device_kind,
-                                                        batch_per_step=global_batch))
-    if "predict" in programs:
-        compiled, lower_s, compile_s = _timed_compile(train_step.make_predict_fn(config, mesh),
-                                                      state["generator"], batch)
-        report["predict"] = dict(lower_s=lower_s, compile_s=compile_s,
-                                 **describe_compiled(compiled, device_kind=device_kind, batch_per_step=global_batch))
+    for program, (program_compiled, lower_s, compile_s) in compiled.items():
+        report[program] = dict(lower_s=lower_s, compile_s=compile_s,
+                               **describe_compiled(program_compiled, device_kind=device_kind,
+                                                   batch_per_step=global_batch))
     return report
 
 

@@ -438,19 +438,18 @@ def mesh_platform(mesh: Mesh) -> str:
     return mesh.devices.flat[0].platform
 
 
-def mesh_device_kind(mesh: Mesh) -> str:
-    """The kind of the mesh's devices ("TPU v4", "NVIDIA H100 80GB HBM3", "cpu", ...)."""
-    return mesh.devices.flat[0].device_kind
-
-
-def _bn_groups(config, mesh: Mesh) -> int:
-    return mesh.shape[DATA_AXIS] if config.train.batch_norm == "per_device" else 1
+def steps_for_mesh(config, mesh: Mesh) -> LamaSteps:
+    """`config`'s step functions built for `mesh`: BatchNorm groups by `train.batch_norm`, and the
+    program choices of its devices' platform and chip ("TPU v4", ...)."""
+    device = mesh.devices.flat[0]
+    bn_groups = mesh.shape[DATA_AXIS] if config.train.batch_norm == "per_device" else 1
+    return LamaSteps.from_config(config, bn_groups=bn_groups, platform=device.platform,
+                                 device_kind=device.device_kind)
 
 
 def make_train_step(config, mesh: Mesh):
     """`train_step(state, batch) -> (state, metrics)`, jitted over `mesh`; the state is donated."""
-    steps = LamaSteps.from_config(config, bn_groups=_bn_groups(config, mesh), platform=mesh_platform(mesh),
-                                  device_kind=mesh_device_kind(mesh))
+    steps = steps_for_mesh(config, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     return jax.jit(steps.train_step, in_shardings=(replicated, batch_sharding),

@@ -287,18 +287,6 @@ def test_loop_bytes_count_slices_of_stacked_buffers_and_tile_padding():
     assert repeats["bytes"] == 3 * (conv_fusion + save_fusion)
 
 
-def _compiled_predict(config, devices):
-    from lama_jax import train_checkpoint, train_step  # pylint: disable=g-import-not-at-top
-    mesh = train_step.make_mesh(devices)
-    with config.unlocked():
-        config.batch_size = len(devices)
-    state = train_checkpoint.abstract_train_state(config, mesh)
-    batch = aot.abstract_batch(mesh, len(devices), 64)
-    compiled = train_step.make_predict_fn(config, mesh).lower(state["generator"], batch).compile()
-    return compiled, aot.describe_compiled(compiled, device_kind=devices[0].device_kind,
-                                           batch_per_step=len(devices))
-
-
 def test_tpu_flops_and_bytes_count_every_iteration_of_the_block_loop():
     """TPU runs the generator's blocks as a loop, whose body XLA's cost analysis counts once: with
     the repeats added, the loop program's FLOPs are the unrolled program's. The byte model that
@@ -309,7 +297,10 @@ def test_tpu_flops_and_bytes_count_every_iteration_of_the_block_loop():
         config = small_config()
         with config.unlocked():
             config.model.generator.block_loop = block_loop
-        compiled, reports[block_loop] = _compiled_predict(config, devices)
+        compiled, _, _ = aot.compile_programs(config, devices, per_device_batch=1, size=64,
+                                              programs=("predict",))["predict"]
+        reports[block_loop] = aot.describe_compiled(compiled, device_kind=devices[0].device_kind,
+                                                    batch_per_step=len(devices))
     scanned, unrolled = reports["scan"], reports["unrolled"]
     assert scanned["loop_repeats_added"]["flops"] > 0 and unrolled["loop_repeats_added"] == {"flops": 0, "bytes": 0}
     assert scanned["flops"] == pytest.approx(unrolled["flops"], rel=0.02)

@@ -35,14 +35,14 @@ UNROLL_BLOCKS = {"cpu": True, "gpu": True, "tpu": False}
 FFT_IMPL = {"cpu": "fft", "gpu": "fft", "tpu": "dft"}
 
 BLOCK_LOOP_CHOICES = ("auto", "unrolled", "scan")
-# Keys of config.model.generator that choose how the program is built, not what it computes: a
-# checkpoint made with other values (or before they existed) holds the same network.
 # TPU chips (device kinds) whose compiler aborts on R1's double backward through XLA's stride-2
 # input gradient (libtpu 0.0.50.1, v4:2x2x1 and v5p:2x2x1; v5e and v6e compile it): their
 # discriminators take it by phases (layers._tpu_stride2_pullback). Elsewhere XLA's form: on v5e the
 # phases nearly double the discriminator step's HBM traffic (25.4 vs 14.1 GB per chip at 15 images).
 TPU_PHASE_INPUT_GRAD = ("TPU v4", "TPU v5")
 STRIDE2_INPUT_GRAD_CHOICES = ("auto", "xla", "phases")
+# Keys of config.model.generator and .discriminator that choose how the program is built, not what
+# it computes: a checkpoint made with other values (or before they existed) holds the same network.
 PROGRAM_KEYS = ("block_loop", "fft_impl", "remat_blocks", "stride2_input_grad")
 FFT_IMPL_CHOICES = ("auto", "fft", "dft")
 
